@@ -1,0 +1,96 @@
+# DETR trainer - the only build entry.
+#   make            CPU binaries (and the CUDA backend when nvcc is found; CUDA=0 turns it off)
+#   make test       set up Debian packages, build, run every test (ends with "N passed, N failed")
+#   make run        set up, build, train the tiny preset on the embedded default with profiling
+#   make asan       build and run the tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      benchmarks against the PyTorch reference (results in docs/benchmarks.md)
+#   make gpu-check  GPU verification script (needs a GPU)
+
+CC       ?= gcc
+BUILD    ?= build
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= /usr/local/cuda
+ifeq ($(origin CUDA),undefined)
+CUDA := $(if $(NVCC),1,0)
+endif
+CUDA_ARCHS ?= 80 90
+
+OPT      ?= -O2
+SAN      ?=
+CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP $(SAN) \
+            -Itrainer -Iprofiler -Idataloader
+LDLIBS   := -lopenblas -ljansson -luv -lsqlite3 -lturbojpeg -lm -lpthread
+LDFLAGS  := -fopenmp $(SAN)
+
+TRAINER_SRC := $(filter-out %_main.c,$(wildcard trainer/*.c))
+TRAINER_OBJ := $(TRAINER_SRC:%.c=$(BUILD)/%.o)
+
+ifeq ($(CUDA),1)
+CFLAGS   += -DDETR_CUDA -I$(CUDA_HOME)/include
+NVFLAGS  := -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Itrainer -I$(CUDA_HOME)/include \
+            $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+CUDA_SRC := $(wildcard trainer/cuda/*.cu)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcublas -lcupti \
+            -lnccl -lcudart -lstdc++
+endif
+
+BINS := $(BUILD)/detr-train $(BUILD)/detr-infer
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+TEST_BINS := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test run asan bench gpu-check setup clean
+all: $(BINS) $(TEST_BINS)
+
+$(BUILD)/libdetr.a: $(TRAINER_OBJ) $(CUDA_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/detr-train: $(BUILD)/trainer/detr_train_main.o $(BUILD)/libdetr.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/detr-infer: $(BUILD)/trainer/detr_infer_main.o $(BUILD)/libdetr.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libdetr.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+setup:
+	@scripts/setup.sh
+
+test: setup
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) tests/run_tests.sh
+
+# Sanitizer build in its own folder, CPU only (the CUDA runtime does not run under ASan here).
+asan: setup
+	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	@BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run_tests.sh
+
+run: setup
+	@$(MAKE) --no-print-directory all
+	@scripts/run_default.sh
+
+bench: setup
+	@$(MAKE) --no-print-directory all
+	@bench/run_bench.sh
+
+gpu-check:
+	@$(MAKE) --no-print-directory all CUDA=1
+	@scripts/gpu_check.sh
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

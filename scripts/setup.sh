@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs every Debian package the project needs, idempotently, with apt-get only.
+# Versions tested: DEPENDENCIES.md. Run as root (or with sudo available).
+set -euo pipefail
+PKGS=(
+  build-essential pkg-config
+  libopenblas-dev          # sgemm for the CPU backend
+  libuv1-dev               # data loader event loop
+  libsqlite3-dev sqlite3   # profiler reports
+  libturbojpeg0-dev        # JPEG decode
+  libjansson-dev           # JSON (targets, COCO annotations)
+  python3-torch python3-scipy python3-numpy   # PyTorch reference for tests and benchmarks
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every test and prints the closing line "N passed, N failed" (plus skipped).
+# Each C test program prints "RESULT passed=N failed=N skipped=N"; Python-side checks report the
+# same way. Fixtures come from the PyTorch reference in tests/ref (Debian's /usr/bin/python3).
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+export DETR_BUILD=$BUILD
+export DETR_FIXTURES=$BUILD/fixtures
+PY=/usr/bin/python3
+passed=0; failed=0; skipped=0
+log=$BUILD/test-logs; mkdir -p "$log"
+
+add_result() { # parse a RESULT line from file $1; a missing line counts as one failure
+    local line
+    line=$(grep -E '^RESULT passed=' "$1" | tail -n 1)
+    if [ -z "$line" ]; then failed=$((failed + 1)); return; fi
+    local p f s
+    p=$(sed -E 's/.*passed=([0-9]+).*/\1/' <<<"$line")
+    f=$(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$line")
+    s=$(sed -E 's/.*skipped=([0-9]+).*/\1/' <<<"$line")
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
+# 1. Reference fixtures (PyTorch). Missing torch/scipy -> the golden tests skip and say why.
+if $PY -c 'import torch, scipy' 2>/dev/null; then
+    echo "== generating reference fixtures with $PY (torch $($PY -c 'import torch; print(torch.__version__)'))"
+    rm -rf "$DETR_FIXTURES"
+    if ! OMP_NUM_THREADS=2 $PY tests/ref/make_fixtures.py --out "$DETR_FIXTURES" >"$log/fixtures.log" 2>&1; then
+        echo "FAIL fixture generation (see $log/fixtures.log):"; tail -n 20 "$log/fixtures.log"
+        failed=$((failed + 1))
+    fi
+else
+    echo "skip: /usr/bin/python3 lacks torch or scipy (run scripts/setup.sh); golden tests will skip"
+fi
+
+# 2. C test programs.
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    echo "== $name"
+    start=$(date +%s.%N)
+    "$t" >"$log/$name.log" 2>&1
+    rc=$?
+    grep -E '^(ok|FAIL|skip) ' "$log/$name.log" | grep -vE '^ok ' || true
+    add_result "$log/$name.log"
+    if [ $rc -ne 0 ] && ! grep -q '^FAIL' "$log/$name.log"; then
+        echo "FAIL $name exited with status $rc:"; tail -n 20 "$log/$name.log"
+        failed=$((failed + 1))
+    fi
+    printf '   %s: %s (%ss)\n' "$name" "$(grep -E '^RESULT' "$log/$name.log" | tail -n1)" \
+        "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+done
+
+echo
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
