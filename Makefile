@@ -27,7 +27,10 @@ TRAINER_OBJ := $(TRAINER_SRC:%.c=$(BUILD)/%.o)
 
 ifeq ($(CUDA),1)
 CFLAGS   += -DDETR_CUDA -I$(CUDA_HOME)/include
-NVFLAGS  := -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Itrainer -I$(CUDA_HOME)/include \
+# NVFLAGS is recursive (=) so that -MF names each object's own .d file ($@ exists only in the
+# recipe); DETR_CUDA_ARCHS lets the program name the GPU code it has in its error messages.
+NVFLAGS   = -O2 -g -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Itrainer -I$(CUDA_HOME)/include \
+            -DDETR_CUDA '-DDETR_CUDA_ARCHS="$(CUDA_ARCHS)"' -MMD -MP -MF $(@:.o=.d) \
             $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 CUDA_SRC := $(wildcard trainer/cuda/*.cu)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)

@@ -30,6 +30,10 @@ if $PY -c 'import torch, scipy' 2>/dev/null; then
         echo "FAIL fixture generation (see $log/fixtures.log):"; tail -n 20 "$log/fixtures.log"
         failed=$((failed + 1))
     fi
+    if ! $PY tests/ref/gen_matcher_cases.py "$DETR_FIXTURES/matcher_cases.bin" >>"$log/fixtures.log" 2>&1 ||
+       ! OMP_NUM_THREADS=2 $PY tests/ref/gen_criterion_cases.py "$DETR_FIXTURES/criterion_cases.json" >>"$log/fixtures.log" 2>&1; then
+        echo "FAIL matcher/criterion fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
+    fi
 else
     echo "skip: /usr/bin/python3 lacks torch or scipy (run scripts/setup.sh); golden tests will skip"
 fi

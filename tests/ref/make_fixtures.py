@@ -1,0 +1,494 @@
+#!/usr/bin/python3
+"""make_fixtures.py - writes the golden fixtures the C tests compare against.
+
+    OMP_NUM_THREADS=2 /usr/bin/python3 tests/ref/make_fixtures.py --out DIR [--configs tiny,r50mini]
+                                                                  [--f32-proxy]
+
+For each config, DIR/<config>/ gets (all tensors float32 unless noted):
+    config.json                  settings (model dims, batch, image sizes, optimizer, loss weights) and
+                                 the float32-proxy error statistics (see below)
+    weights.safetensors          every state-dict tensor (params and FrozenBN buffers), reference names;
+                                 __metadata__: nheads, dilation, pre_norm, depth, ... (strings)
+    inputs.safetensors           images [B,3,H,W] (zero on padding), mask U8 [B,H,W] (1 = padding)
+    targets.json                 per image {"labels": [...], "boxes": [[cx,cy,w,h], ...]} (normalised)
+    expected_infer.safetensors   pred_logits [B,Q,C+1], pred_boxes [B,Q,4], aux_pred_logits [L-1,B,Q,C+1],
+                                 aux_pred_boxes [L-1,B,Q,4]; debugging activations: act.stem, act.layer1..4
+                                 [B,C,h,w], act.mask U8 [B,h,w], act.pos [B,D,h,w], act.src_proj [B,D,h,w],
+                                 act.memory [S,B,D], act.hs [L,B,Q,D]
+    expected_grads.safetensors   every loss-dict entry as a scalar (loss_ce, loss_bbox, loss_giou, loss_ce_0,
+                                 ..., class_error, cardinality_error, cardinality_error_0, ...), `loss` (the
+                                 weighted total), `grad_norm` (global L2 norm before clipping) and
+                                 grad.<name> for every trainable parameter (before clipping)
+    expected_matching.json       the Hungarian matchings of that forward: {"final": [{"pred": [...],
+                                 "tgt": [...]} per image], "aux_0": [...], ...}
+    expected_matcher.safetensors cost.<layer>.<b> [Q, n_b] matcher cost matrices (layer = final, aux_0, ...);
+                                 images without targets have no entry (no zero-size tensors)
+    expected_step1.safetensors,  param.<name> for every trainable parameter after 1 / 5 optimizer steps
+    expected_step5.safetensors   (zero_grad, forward, loss, backward, clip, AdamW on the same batch);
+                                 also loss_per_step [n] and grad_norm_per_step [n]
+DIR/manifest.json lists the configs and files.
+
+Numerics: the weights are drawn in float32 and stored as float32; the reference then runs in float64 from
+those exact values (model.double()), and the expected tensors are the float64 results rounded to float32.
+With --f32-proxy (off by default: it adds ~40% time) the same forward/backward/steps are repeated in float32 PyTorch, and the
+deviations from the float64 results are written into config.json ("f32_proxy"): they show what a correct
+float32 implementation can be expected to reach, so the C tests can choose tolerances from evidence.
+Dropout is 0 everywhere (train and eval forwards are then identical).
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import detr_ref as R  # noqa: E402
+from st_io import write_safetensors  # noqa: E402
+
+OPTIM = {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8,
+         "clip_max_norm": 0.1}
+LOSS = {"eos_coef": 0.1, "set_cost_class": 1.0, "set_cost_bbox": 5.0, "set_cost_giou": 2.0,
+        "ce_loss_coef": 1.0, "bbox_loss_coef": 5.0, "giou_loss_coef": 2.0, "aux_loss": True}
+STEPS = (1, 5)
+
+# Fixture-only init knobs (not the reference init): they keep activations O(1) through a random ResNet
+# and spread the queries' predictions apart, so that the Hungarian matching has a clear margin and cannot
+# flip between a float32 and a float64 implementation.
+QUERY_EMBED_STD = 3.0
+BBOX_LAST_LAYER_GAIN = 5.0
+
+CONFIGS = {
+    # resnet18; second image smaller so padding shows in the 4x5 feature map (bottom row, right column)
+    "tiny": dict(depth=18, dilation=False, hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2,
+                 dim_feedforward=128, num_queries=20, num_classes=7, pre_norm=False,
+                 image_sizes=[[100, 130], [70, 90]], num_boxes=[3, 2], label_pool=None, seed=11),
+    # resnet50 (full widths); portrait + landscape images so padding sits on different sides;
+    # category-id-like labels (0 never used); the second image has no targets
+    "r50mini": dict(depth=50, dilation=False, hidden_dim=128, nheads=8, enc_layers=2, dec_layers=2,
+                    dim_feedforward=256, num_queries=12, num_classes=5, pre_norm=False,
+                    image_sizes=[[120, 90], [90, 150]], num_boxes=[4, 0], label_pool=[1, 2, 4], seed=22),
+    # pre-norm transformer (encoder gets a final norm), B=3, 3 decoder layers (2 aux outputs)
+    "prenorm": dict(depth=18, dilation=False, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=3,
+                    dim_feedforward=64, num_queries=10, num_classes=4, pre_norm=True,
+                    image_sizes=[[80, 100], [64, 72], [50, 96]], num_boxes=[1, 4, 2], label_pool=None,
+                    seed=33),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Model construction and fixture init
+
+def build_model(cfg):
+    return R.DETR(depth=cfg["depth"], dilation=cfg["dilation"], hidden_dim=cfg["hidden_dim"],
+                  nheads=cfg["nheads"], enc_layers=cfg["enc_layers"], dec_layers=cfg["dec_layers"],
+                  dim_feedforward=cfg["dim_feedforward"], dropout=0.0, pre_norm=cfg["pre_norm"],
+                  num_queries=cfg["num_queries"], num_classes=cfg["num_classes"],
+                  aux_loss=LOSS["aux_loss"])
+
+
+def _is_last_conv_of_branch(model, name):
+    parent = model.get_submodule(name.rsplit(".", 1)[0])
+    leaf = name.rsplit(".", 1)[1]
+    return ((isinstance(parent, R.Bottleneck) and leaf == "conv3")
+            or (isinstance(parent, R.BasicBlock) and leaf == "conv2"))
+
+
+@torch.no_grad()
+def init_for_fixture(model, gen):
+    """Backbone: kaiming-normal convs (smaller gain on the last conv of each residual branch and on the
+    downsample conv, so activations stay O(1)), FrozenBN buffers random so they matter.
+    Transformer: the reference xavier init, plus random biases and LayerNorm affines so that every
+    bias/affine path is exercised. Heads: PyTorch defaults, query spread and bbox gain (see above)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Conv2d) and name.startswith("backbone"):
+            fan_in = mod.weight[0].numel()
+            if _is_last_conv_of_branch(model, name):
+                gain = 0.5 if isinstance(model.get_submodule(name.rsplit(".", 1)[0]), R.BasicBlock) else 0.3
+            elif "downsample" in name:
+                gain = 0.6
+            else:
+                gain = 1.0
+            mod.weight.normal_(0.0, gain * math.sqrt(2.0 / fan_in), generator=gen)
+        elif isinstance(mod, R.FrozenBatchNorm2d):
+            n = mod.weight.numel()
+            mod.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+            mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        elif isinstance(mod, torch.nn.MultiheadAttention):
+            mod.in_proj_bias.copy_(torch.randn(mod.in_proj_bias.shape, generator=gen) * 0.1)
+            mod.out_proj.bias.copy_(torch.randn(mod.out_proj.bias.shape, generator=gen) * 0.1)
+        elif isinstance(mod, torch.nn.LayerNorm):
+            mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) * 0.4 + 0.8)
+            mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.1)
+    model.query_embed.weight.copy_(torch.randn(model.query_embed.weight.shape, generator=gen) * QUERY_EMBED_STD)
+    model.bbox_embed.layers[2].weight.mul_(BBOX_LAST_LAYER_GAIN)
+
+
+def make_inputs(cfg, gen):
+    """images [B,3,H,W] N(0,1) at top-left, zero padding; mask [B,H,W] True = padding."""
+    sizes = cfg["image_sizes"]
+    hmax = max(h for h, _ in sizes)
+    wmax = max(w for _, w in sizes)
+    b = len(sizes)
+    images = torch.zeros(b, 3, hmax, wmax)
+    mask = torch.ones(b, hmax, wmax, dtype=torch.bool)
+    for i, (h, w) in enumerate(sizes):
+        images[i, :, :h, :w] = torch.randn(3, h, w, generator=gen)
+        mask[i, :h, :w] = False
+    return images, mask
+
+
+def make_targets(cfg, gen):
+    """1-4 random boxes per image (or 0), inside the image, labels below num_classes."""
+    out = []
+    for n in cfg["num_boxes"]:
+        cx = torch.rand(n, generator=gen) * 0.6 + 0.2
+        cy = torch.rand(n, generator=gen) * 0.6 + 0.2
+        w = torch.rand(n, generator=gen) * 0.35 + 0.05
+        h = torch.rand(n, generator=gen) * 0.35 + 0.05
+        w = torch.minimum(w, 2 * torch.minimum(cx, 1 - cx))
+        h = torch.minimum(h, 2 * torch.minimum(cy, 1 - cy))
+        boxes = torch.stack([cx, cy, w, h], dim=1)
+        pool = cfg["label_pool"] or list(range(cfg["num_classes"]))
+        idx = torch.randint(0, len(pool), (n,), generator=gen)
+        labels = [pool[int(i)] for i in idx]
+        # round-trip through float32 (what the JSON holds is what the C code reads)
+        out.append({"labels": labels, "boxes": [[float(np.float32(v)) for v in bx] for bx in boxes.tolist()]})
+    return out
+
+
+def targets_to_torch(targets, dtype):
+    return [{"labels": torch.as_tensor(t["labels"], dtype=torch.int64),
+             "boxes": torch.as_tensor(t["boxes"], dtype=dtype).reshape(-1, 4)} for t in targets]
+
+
+def build_criterion(cfg):
+    matcher = R.HungarianMatcher(LOSS["set_cost_class"], LOSS["set_cost_bbox"], LOSS["set_cost_giou"])
+    wd = R.build_weight_dict(cfg["dec_layers"], LOSS["ce_loss_coef"], LOSS["bbox_loss_coef"],
+                             LOSS["giou_loss_coef"], LOSS["aux_loss"])
+    return R.SetCriterion(cfg["num_classes"], matcher, wd, LOSS["eos_coef"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+def f32(t):
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def layer_names(dec_layers):
+    return ["final"] + [f"aux_{i}" for i in range(dec_layers - 1)]
+
+
+def run_infer(model, images, mask):
+    model.eval()
+    with torch.no_grad():
+        out = model(images, mask, return_intermediates=True)
+    it = out["intermediates"]
+    aux = out["aux_outputs"]
+    res = {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"],
+           "aux_pred_logits": torch.stack([a["pred_logits"] for a in aux]) if aux else
+           out["pred_logits"].new_zeros((0,) + tuple(out["pred_logits"].shape)),
+           "aux_pred_boxes": torch.stack([a["pred_boxes"] for a in aux]) if aux else
+           out["pred_boxes"].new_zeros((0,) + tuple(out["pred_boxes"].shape))}
+    for k, v in it["stages"].items():
+        res[f"act.{k}"] = v
+    res["act.pos"] = it["pos"]
+    res["act.src_proj"] = it["src_proj"]
+    res["act.memory"] = it["memory"]
+    res["act.hs"] = it["hs"]
+    arrays = {k: f32(v) for k, v in res.items()}
+    arrays["act.mask"] = it["mask"].to(torch.uint8).numpy()
+    return arrays, res
+
+
+def matching_margin(cost):
+    """Cost gap between the best and the second-best assignment of one [Q, n] matrix (inf if unique by
+    construction). Every other assignment drops at least one optimal pair, so forbidding each optimal
+    pair in turn and re-solving finds the second best."""
+    c = np.array(cost, dtype=np.float64)
+    if c.shape[1] == 0:
+        return math.inf
+    r, k = linear_sum_assignment(c)
+    best = c[r, k].sum()
+    second = math.inf
+    for i, j in zip(r, k):
+        cc = c.copy()
+        cc[i, j] = 1e30
+        r2, k2 = linear_sum_assignment(cc)
+        second = min(second, cc[r2, k2].sum())
+    return second - best
+
+
+def run_grads(model, criterion, images, mask, targets):
+    """train-mode forward/backward of the weighted total; returns (tensors dict, matching dict,
+    cost tensors dict, min margin)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(images, mask)
+    loss_dict = criterion(out, targets)
+    total = R.weighted_total(loss_dict, criterion.weight_dict)
+    total.backward()
+    res = {k: v.detach().reshape(()) for k, v in loss_dict.items()}
+    res["loss"] = total.detach()
+    grads = {n: p.grad.detach() for n, p in model.named_parameters() if p.requires_grad}
+    res["grad_norm"] = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
+    for n, g in grads.items():
+        res[f"grad.{n}"] = g
+    names = layer_names(len(criterion.last_indices))
+    matching = {name: [{"pred": [int(v) for v in src], "tgt": [int(v) for v in tgt]} for src, tgt in ind]
+                for name, ind in zip(names, criterion.last_indices)}
+    costs = {}
+    margin = math.inf
+    outs = [out] + list(out.get("aux_outputs", []))
+    for name, o in zip(names, outs):
+        for b, c in enumerate(criterion.matcher.cost_matrices(o, targets)):
+            margin = min(margin, matching_margin(c))
+            if c.shape[1] > 0:
+                costs[f"cost.{name}.{b}"] = c
+    return res, matching, costs, margin
+
+
+def run_steps(model, criterion, images, mask, targets, n_steps):
+    """n_steps engine.py steps; returns {step: {name: param}}, losses, grad norms, matchings per step."""
+    model.train()
+    opt = R.make_optimizer(model, OPTIM["lr"], OPTIM["lr_backbone"], OPTIM["weight_decay"],
+                           tuple(OPTIM["betas"]), OPTIM["eps"])
+    snaps, losses, gnorms, matchings = {}, [], [], []
+    for step in range(1, n_steps + 1):
+        _, total, gnorm = R.train_step(model, criterion, opt, images, mask, targets, OPTIM["clip_max_norm"])
+        losses.append(float(total))
+        gnorms.append(float(gnorm))
+        matchings.append([[(s.tolist(), t.tolist()) for s, t in ind] for ind in criterion.last_indices])
+        if step in STEPS:
+            snaps[step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return snaps, losses, gnorms, matchings
+
+
+# ----------------------------------------------------------------------------------------------
+# float32 proxy statistics
+
+def rel_err(a, b):
+    """max|a-b| / (max|b| + 1e-6), the same measure as tests/unit/check.h rel_err."""
+    a = a.double()
+    b = b.double()
+    return float((a - b).abs().max() / (b.abs().max() + 1e-6)) if b.numel() else 0.0
+
+
+def key_bias_slices(model, d):
+    """name -> slice of in_proj_bias rows that are the key bias (true gradient exactly 0)."""
+    return {n: slice(d, 2 * d) for n, _ in model.named_parameters() if n.endswith("in_proj_bias")}
+
+
+def step_error_stats(ref, got, params0):
+    """Errors of parameters after optimizer steps, per param group (main at lr, backbone at
+    lr_backbone): max |got - ref| (also in units of the group's lr), the relative L2 error of the
+    update (got - p0 vs ref - p0), and the fraction of elements off by more than 0.1 lr."""
+    out = {}
+    for group, lr in (("main", OPTIM["lr"]), ("backbone", OPTIM["lr_backbone"])):
+        names = [n for n in ref if ("backbone" in n) == (group == "backbone")]
+        max_abs, worst, num, den, n_bad, n_tot = 0.0, "", 0.0, 0.0, 0, 0
+        for n in names:
+            p0 = params0[n].double()
+            diff = (got[n].double() - ref[n].double()).abs()
+            if float(diff.max()) > max_abs:
+                max_abs, worst = float(diff.max()), n
+            num += float((diff ** 2).sum())
+            den += float(((ref[n].double() - p0) ** 2).sum())
+            n_bad += int((diff > 0.1 * lr).sum())
+            n_tot += diff.numel()
+        out[group] = {"param_max_abs_err": max_abs, "max_abs_err_in_lr": max_abs / lr,
+                      "param_max_abs_err_tensor": worst,
+                      "update_rel_l2_err": math.sqrt(num / den) if den > 0 else 0.0,
+                      "frac_elems_err_over_0.1lr": n_bad / max(n_tot, 1)}
+    return out
+
+
+def f32_proxy_stats(cfg, model32, crit, images, mask, targets, ref_infer, ref_grads, ref_snaps,
+                    ref_matchings, params0):
+    stats = {}
+    infer32, _ = run_infer(model32, images.float(), mask)
+    stats["infer_rel_err"] = {k: rel_err(torch.from_numpy(infer32[k]), ref_infer[k])
+                              for k in ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes")}
+    g32, _, _, _ = run_grads(model32, crit, images.float(), mask, targets_to_torch(targets, torch.float32))
+    loss_keys = [k for k in ref_grads if not k.startswith("grad.")]
+    stats["loss_abs_err"] = {k: abs(float(g32[k]) - float(ref_grads[k])) for k in loss_keys}
+    worst, worst_name = 0.0, ""
+    per = {}
+    for k in ref_grads:
+        if k.startswith("grad."):
+            e = rel_err(g32[k], ref_grads[k])
+            per[k] = e
+            if e > worst:
+                worst, worst_name = e, k
+    stats["grad_rel_err_max"] = worst
+    stats["grad_rel_err_worst_tensor"] = worst_name
+    stats["grad_rel_err_median"] = float(np.median(list(per.values())))
+    # tensors whose true gradient is exactly zero: the key slice of every in_proj_bias, and decoder
+    # layer 0 self-attention in_proj_weight (its input is 0 in post-norm / constant over keys in pre-norm:
+    # q/k rows get zero through softmax shift invariance, v rows get zero input in post-norm)
+    d = cfg["hidden_dim"]
+    kb = {}
+    for n, sl in key_bias_slices(model32, d).items():
+        kb[n] = {"f64_max_abs": float(ref_grads[f"grad.{n}"][sl].abs().max()),
+                 "f32_max_abs": float(g32[f"grad.{n}"][sl].abs().max()),
+                 "q_and_v_slices_f64_max_abs": float(torch.cat([ref_grads[f"grad.{n}"][:d],
+                                                               ref_grads[f"grad.{n}"][2 * d:]]).abs().max())}
+    stats["key_bias_grad"] = kb
+    n0 = "transformer.decoder.layers.0.self_attn.in_proj_weight"
+    stats["dec0_self_attn_in_proj_weight_grad"] = {
+        "qk_rows_f64_max_abs": float(ref_grads[f"grad.{n0}"][:2 * d].abs().max()),
+        "qk_rows_f32_max_abs": float(g32[f"grad.{n0}"][:2 * d].abs().max()),
+        "v_rows_f64_max_abs": float(ref_grads[f"grad.{n0}"][2 * d:].abs().max()),
+        "v_rows_f32_max_abs": float(g32[f"grad.{n0}"][2 * d:].abs().max())}
+    # steps (model32 is still at the initial weights: run_grads does not step)
+    snaps32, _, _, matchings32 = run_steps(model32, crit, images.float(), mask,
+                                           targets_to_torch(targets, torch.float32), max(STEPS))
+    stats["matchings_equal_all_steps"] = matchings32 == ref_matchings
+    for step in STEPS:
+        stats[f"step{step}"] = step_error_stats(ref_snaps[step], snaps32[step], params0)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-config driver
+
+def feature_size(model, h, w):
+    with torch.no_grad():
+        feat = model.backbone[0].body(torch.zeros(1, 3, h, w, dtype=next(model.parameters()).dtype))
+    return list(feat.shape[-2:])
+
+
+def generate(name, cfg, outdir, f32_proxy):
+    t0 = time.time()
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    model = build_model(cfg)            # float32
+    init_for_fixture(model, gen)
+    images, mask = make_inputs(cfg, gen)
+    targets = make_targets(cfg, gen)
+    os.makedirs(outdir, exist_ok=True)
+
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    meta = {"nheads": str(cfg["nheads"]), "dilation": "true" if cfg["dilation"] else "false",
+            "pre_norm": "true" if cfg["pre_norm"] else "false", "depth": str(cfg["depth"]),
+            "hidden_dim": str(cfg["hidden_dim"]), "num_queries": str(cfg["num_queries"]),
+            "num_classes": str(cfg["num_classes"]), "enc_layers": str(cfg["enc_layers"]),
+            "dec_layers": str(cfg["dec_layers"]), "dim_feedforward": str(cfg["dim_feedforward"]),
+            "source": "tests/ref/make_fixtures.py (random fixture weights, not a trained model)"}
+    write_safetensors(os.path.join(outdir, "weights.safetensors"), {k: v.numpy() for k, v in state.items()}, meta)
+    write_safetensors(os.path.join(outdir, "inputs.safetensors"),
+                      {"images": images.numpy(), "mask": mask.to(torch.uint8).numpy()})
+    with open(os.path.join(outdir, "targets.json"), "w") as f:
+        json.dump(targets, f, indent=1)
+
+    # float64 reference from the float32 values
+    model64 = copy.deepcopy(model).double()
+    crit = build_criterion(cfg).double()
+    img64 = images.double()
+    tg64 = targets_to_torch(targets, torch.float64)
+    fsize = feature_size(model64, images.shape[2], images.shape[3])
+    m_ds = torch.nn.functional.interpolate(mask[None].float(), size=fsize).bool()[0]
+    if not (m_ds.any() and (~m_ds).flatten(1).any(1).all()):
+        raise SystemExit(f"{name}: the image sizes leave no padding (or no valid cell) in the {fsize} "
+                         f"feature map; pick other image_sizes")
+
+    infer_arrays, infer_ref = run_infer(model64, img64, mask)
+    write_safetensors(os.path.join(outdir, "expected_infer.safetensors"), infer_arrays)
+
+    params0 = {n: p.detach().clone() for n, p in model64.named_parameters() if p.requires_grad}
+    grads, matching, costs, margin = run_grads(model64, crit, img64, mask, tg64)
+    if margin < 1e-4:
+        raise SystemExit(f"{name}: matching margin {margin:.2e} is too small; float32 code could pick "
+                         f"another matching. Change the seed or the init knobs.")
+    write_safetensors(os.path.join(outdir, "expected_grads.safetensors"), {k: f32(v) for k, v in grads.items()})
+    with open(os.path.join(outdir, "expected_matching.json"), "w") as f:
+        json.dump(matching, f)
+    write_safetensors(os.path.join(outdir, "expected_matcher.safetensors"), {k: f32(v) for k, v in costs.items()})
+
+    model_s = copy.deepcopy(model).double()
+    snaps, losses, gnorms, matchings = run_steps(model_s, crit, img64, mask, tg64, max(STEPS))
+    for step in STEPS:
+        arrays = {f"param.{n}": f32(p) for n, p in snaps[step].items()}
+        arrays["loss_per_step"] = np.asarray(losses[:step], dtype=np.float32)
+        arrays["grad_norm_per_step"] = np.asarray(gnorms[:step], dtype=np.float32)
+        write_safetensors(os.path.join(outdir, f"expected_step{step}.safetensors"), arrays)
+    matchings_stable = all(m == matchings[0] for m in matchings)
+
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_train_bb = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "backbone" in n)
+    conf = {
+        "name": name, "backbone": f"resnet{cfg['depth']}", "depth": cfg["depth"], "dilation": cfg["dilation"],
+        "num_channels": model.backbone[0].num_channels, "hidden_dim": cfg["hidden_dim"],
+        "nheads": cfg["nheads"], "enc_layers": cfg["enc_layers"], "dec_layers": cfg["dec_layers"],
+        "dim_feedforward": cfg["dim_feedforward"], "num_queries": cfg["num_queries"],
+        "num_classes": cfg["num_classes"], "num_logits": cfg["num_classes"] + 1, "pre_norm": cfg["pre_norm"],
+        "dropout": 0.0, "position_embedding": "sine", "batch_size": len(cfg["image_sizes"]),
+        "image_sizes": cfg["image_sizes"], "padded_size": [images.shape[2], images.shape[3]],
+        "feature_size": fsize, "num_target_boxes": cfg["num_boxes"],
+        "trainable_params": n_train, "trainable_params_backbone": n_train_bb,
+        "optimizer": dict(OPTIM, name="AdamW", param_groups="non-backbone at lr, backbone at lr_backbone"),
+        "loss": LOSS, "steps_saved": list(STEPS), "seed": cfg["seed"],
+        "reference_dtype": "float64 from float32 weights; expected tensors stored as float32",
+        "matching_min_margin": margin, "matching_same_in_all_steps": matchings_stable,
+        "loss_per_step": losses, "grad_norm_per_step": gnorms,
+        "fixture_init": {"query_embed_std": QUERY_EMBED_STD, "bbox_last_layer_gain": BBOX_LAST_LAYER_GAIN},
+        "torch_version": torch.__version__,
+    }
+    t1 = time.time()
+    if f32_proxy:
+        model32 = copy.deepcopy(model)
+        conf["f32_proxy"] = f32_proxy_stats(cfg, model32, build_criterion(cfg), images, mask, targets,
+                                            infer_ref, grads, snaps, matchings, params0)
+    with open(os.path.join(outdir, "config.json"), "w") as f:
+        json.dump(conf, f, indent=1)
+    size = sum(os.path.getsize(os.path.join(outdir, fn)) for fn in os.listdir(outdir))
+    line = (f"{name:8s} resnet{cfg['depth']:<3d} D={cfg['hidden_dim']} B={len(cfg['image_sizes'])} "
+            f"feat={fsize} loss={float(grads['loss']):.5f} |g|={float(grads['grad_norm']):.4f} "
+            f"margin={margin:.2e} {size / 2**20:.0f} MiB ref {t1 - t0:.1f}s")
+    if f32_proxy:
+        p = conf["f32_proxy"]
+        line += (f" | f32 proxy {time.time() - t1:.1f}s: grad rel {p['grad_rel_err_max']:.1e}, "
+                 f"step5 update rel L2 main {p['step5']['main']['update_rel_l2_err']:.1e} "
+                 f"backbone {p['step5']['backbone']['update_rel_l2_err']:.1e}, "
+                 f"matchings equal {p['matchings_equal_all_steps']}")
+    print(line, flush=True)
+    return conf
+
+
+FILES = ["config.json", "weights.safetensors", "inputs.safetensors", "targets.json",
+         "expected_infer.safetensors", "expected_grads.safetensors", "expected_matching.json",
+         "expected_matcher.safetensors"] + [f"expected_step{s}.safetensors" for s in STEPS]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output directory (created)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--f32-proxy", action="store_true",
+                    help="also run everything in float32 PyTorch and record its deviations in config.json")
+    args = ap.parse_args()
+    names = [c for c in args.configs.split(",") if c]
+    for n in names:
+        if n not in CONFIGS:
+            ap.error(f"unknown config '{n}' (known: {', '.join(CONFIGS)})")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    for n in names:
+        generate(n, CONFIGS[n], os.path.join(args.out, n), args.f32_proxy)
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump({"configs": names, "files": FILES, "generator": "tests/ref/make_fixtures.py",
+                   "torch_version": torch.__version__}, f, indent=1)
+    print(f"wrote {len(names)} configs to {args.out} in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

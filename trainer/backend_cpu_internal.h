@@ -1,0 +1,103 @@
+/* backend_cpu_internal.h - shared pieces of the CPU backend (backend_cpu*.c), not a public API.
+ *
+ * Threading rule of the CPU backend: OpenMP parallelises the loops, OpenBLAS (its own thread
+ * pool) the GEMMs, and cblas is never called from inside an OpenMP parallel region. */
+#ifndef DETR_BACKEND_CPU_INTERNAL_H
+#define DETR_BACKEND_CPU_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+/* OpenBLAS's cblas.h includes <complex.h>, whose macro `I` would turn the parameter names I of
+ * backend.h (linear_forward ...) into a syntax error; nothing here uses complex numbers. */
+#include <cblas.h>
+#undef I
+#include "backend.h"
+
+/* Below this many elements a loop runs on one thread: a parallel region costs a few
+ * microseconds, more than the work itself. */
+#define CPU_PAR_MIN 16384
+
+/* Grow-only scratch buffer charged to MEM_WORKSPACE, kept between calls (never shrinks, freed at
+ * exit). One buffer for the whole backend: ops run one at a time on the model thread, and no op
+ * holds it across calls. Returns at least nfloats floats, 64-byte aligned, contents undefined. */
+float *cpu_workspace(size_t nfloats);
+
+/* The backend never inspects floating-point exception flags. Without this, gcc keeps the clamps
+ * of cpu_expf as branches (an FP multiply "could trap" once it sits in one) and will not
+ * vectorise the exp loops of softmax / sigmoid / attention. */
+#pragma GCC optimize("no-trapping-math")
+
+/* exp(x) for float, written so that `#pragma omp simd` loops vectorise it with plain SSE2
+ * (libm's expf is a scalar call). exp(x) = 2^n exp(r), n = round(x / ln2), |r| <= ln2/2, exp(r)
+ * by its degree-6 Taylor polynomial (truncation < 1.3e-7 relative, about 1-2 ulp in all).
+ * x is clamped to [-87.3, 88.0]: results below FLT_MIN come out as ~1e-38 instead of a
+ * denormal or 0, which no caller can tell apart from 0 next to a sum >= 1. */
+static inline float cpu_expf(float x) {
+    const float lo = -87.33654f, hi = 88.0f;
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
+    /* round x/ln2 to nearest by adding 1.5*2^23: the low mantissa bits of t then hold n as an
+     * integer (bits(t) = 0x4B400000 + n), so no float->int conversion is needed */
+    union { float f; int32_t i; } t;
+    t.f = x * 1.44269504088896341f + 12582912.0f;
+    const float n = t.f - 12582912.0f;
+    /* Cody-Waite: ln2 split into an exactly representable high part and a small low part */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n; /* unions, not memcpy: gcc vectorises only these */
+    two_n.i = (t.i - 0x4B400000 + 127) << 23; /* 2^n, n in [-126, 127] */
+    return p * two_n.f;
+}
+
+/* ---- backend_cpu_conv.c ---- */
+void cpu_conv2d_forward(const ConvShape *s, const float *x, const float *w, const float *bias,
+                        float *y);
+void cpu_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx);
+void cpu_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
+                                float *dbias);
+/* Upper bound on the im2col buffer in floats (0 = the default, 128 MiB); above it the batch is
+ * split into groups of whole images. Only tests change it, to reach the split path. */
+void cpu_conv_set_col_limit(size_t floats);
+void cpu_maxpool_forward(const PoolShape *s, const float *x, float *y, int32_t *argmax);
+void cpu_maxpool_backward(const PoolShape *s, const float *dy, const int32_t *argmax, float *dx);
+
+/* ---- backend_cpu_dense.c ---- */
+void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+              long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
+              long strideC, int batch);
+void cpu_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int I,
+                        int O);
+void cpu_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
+                         float *db, int T, int I, int O);
+void cpu_transpose(const float *x, float *y, int batch, int R, int C);
+void cpu_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
+                           float *mean, float *rstd, int T, int D, float eps);
+void cpu_layernorm_backward(const float *dy, const float *x, const float *mean, const float *rstd,
+                            const float *gamma, float *dx, float *dgamma, float *dbeta, int T,
+                            int D);
+void cpu_softmax_forward(const float *x, float *y, int R, int N);
+void cpu_softmax_backward(const float *dy, const float *y, float *dx, int R, int N);
+/* Softmax of one row in place; mask (may be NULL) 1 = excluded (probability 0). A row with every
+ * entry excluded becomes all zeros. */
+void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask);
+/* Adds to dx [N] the softmax backward of one row: dx += y * (dy - sum(dy*y)). */
+void cpu_softmax_row_backward(const float *dy, const float *y, float *dx, int N);
+
+/* ---- backend_cpu_attn.c ---- */
+void cpu_attention_forward(const AttnShape *s, const float *q, const float *k, const float *v,
+                           const uint8_t *key_padding_mask, float *probs, float *out);
+void cpu_attention_backward(const AttnShape *s, const float *dout, const float *q, const float *k,
+                            const float *v, const float *probs, float *dq, float *dk, float *dv);
+
+/* Stops the program with a message naming the op when a caller passes an impossible shape
+ * (a bug in the calling model code, never user input). */
+void cpu_shape_error(const char *op, const char *what);
+
+#endif

@@ -1,0 +1,81 @@
+/* detr.h - the whole DETR model: backbone -> input_proj + sine positions -> transformer ->
+ * class head and box MLP on every decoder layer; forward, loss (criterion.h) and backward.
+ * Reference: detr.md §1. */
+#ifndef DETR_DETR_H
+#define DETR_DETR_H
+#include <stdint.h>
+#include "arena.h"
+#include "backend.h"
+#include "config.h"
+#include "criterion.h"
+#include "params.h"
+#include "resnet.h"
+#include "transformer.h"
+
+#define DETR_MAX_LAYERS 16
+
+typedef struct {
+    DetrConfig cfg;
+    const Backend *be;
+    ParamSet ps;
+    Backbone *bb;
+    Transformer *tf;
+    int C1; /* num_classes + 1 */
+
+    /* parameters (data, grad) */
+    float *proj_w, *proj_gw;          /* input_proj.weight [D, Cb, 1, 1] */
+    float *proj_b, *proj_gb;          /* input_proj.bias [D] */
+    float *query, *gquery;            /* query_embed.weight [Q, D] */
+    float *cls_w, *cls_gw;            /* class_embed.weight [C1, D] */
+    float *cls_b, *cls_gb;            /* class_embed.bias [C1] */
+    float *mlp_w[3], *mlp_gw[3];      /* bbox_embed.layers.i.weight [D,D], [D,D], [4,D] */
+    float *mlp_b[3], *mlp_gb[3];      /* bbox_embed.layers.i.bias [D], [D], [4] */
+
+    Arena *acts; /* per-step activations and their gradients */
+
+    /* state of the last forward */
+    int B, H, W, h, w, S, L;
+    ConvShape proj_shape;
+    float *feat;       /* [Cb, B, h, w] backbone output */
+    float *src;        /* [B*S, D] projected features, tokens */
+    float *pos;        /* [B*S, D] sine position encoding */
+    uint8_t *mask_s;   /* [B, S] downsampled padding mask (backend memory) */
+    float *hs;         /* [L, B*Q, D] decoder outputs after the shared norm */
+    float *mlp_h1, *mlp_h2; /* [L*B*Q, D] box MLP hidden activations (post-ReLU) */
+    float *logits;     /* [L, B*Q, C1] */
+    float *boxes;      /* [L, B*Q, 4] post-sigmoid cxcywh */
+    float *logits_host, *boxes_host; /* host copies, same shapes */
+    double flops_fwd, flops_bwd;     /* analytic count of the last step */
+} Detr;
+
+/* Builds the model and allocates its parameters (zero); train_backbone = lr_backbone > 0. */
+Detr *detr_create(const DetrConfig *cfg, const Backend *be, int train_backbone);
+void detr_destroy(Detr *m);
+/* Reference initialisation (detr.md §1.7), seeded. */
+void detr_init(Detr *m, uint64_t seed);
+/* Call after weights change outside the optimizer (load): refreshes derived tensors. */
+void detr_prepare(Detr *m);
+
+/* Forward. images: host [B, 3, H, W] normalised and padded; mask: host [B, H, W] (1 = padding).
+ * After it, logits_host / boxes_host hold every layer's predictions. Activations are kept
+ * for detr_backward until the next forward. */
+void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int H, int W,
+                  int training, uint64_t seed);
+
+/* Losses of every decoder layer (index L-1 is the final one), and their gradient:
+ * computes the criterion on the last forward's predictions and, if want_grad, backpropagates
+ * the weighted total through the whole model, ACCUMULATING parameter gradients (scaled by
+ * grad_scale, e.g. 1/accum). Returns 0, or -1 with err filled on a non-finite value. */
+typedef struct {
+    LayerLosses layer[DETR_MAX_LAYERS];
+    int L;
+    int first;    /* first layer with losses: 0 with auxiliary losses, else L-1 */
+    double total; /* weighted sum over layers */
+} DetrLosses;
+int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
+                       double grad_scale, DetrLosses *out, char *err, size_t errlen);
+
+/* Counts of trainable floats (excluding alignment padding). */
+size_t detr_num_trainable(const Detr *m);
+
+#endif
