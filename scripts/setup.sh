@@ -4,10 +4,11 @@
 set -euo pipefail
 PKGS=(
   build-essential pkg-config
-  libopenblas-dev          # sgemm for the CPU backend
+  libopenblas-dev          # sgemm for the CPU backend (headers)
+  libopenblas0-openmp      # the OpenMP-threaded OpenBLAS we link (shares our OpenMP pool)
   libuv1-dev               # data loader event loop
   libsqlite3-dev sqlite3   # profiler reports
-  libturbojpeg0-dev        # JPEG decode
+  libturbojpeg0-dev libjpeg62-turbo-dev  # JPEG decode (TurboJPEG API; jconfig.h for the version)
   libjansson-dev           # JSON (targets, COCO annotations)
   python3-torch python3-scipy python3-numpy   # PyTorch reference for tests and benchmarks
 )

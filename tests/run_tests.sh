@@ -34,6 +34,10 @@ if $PY -c 'import torch, scipy' 2>/dev/null; then
        ! OMP_NUM_THREADS=2 $PY tests/ref/gen_criterion_cases.py "$DETR_FIXTURES/criterion_cases.json" >>"$log/fixtures.log" 2>&1; then
         echo "FAIL matcher/criterion fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
     fi
+    $PY tests/ref/check_reference.py >"$log/check_reference.log" 2>&1
+    echo "== check_reference.py (self-check of the PyTorch reference)"
+    grep -E '^(FAIL|skip) ' "$log/check_reference.log" || true
+    add_result "$log/check_reference.log"
 else
     echo "skip: /usr/bin/python3 lacks torch or scipy (run scripts/setup.sh); golden tests will skip"
 fi

@@ -56,15 +56,15 @@ static void project_qkv(const MhaParams *p, const Backend *be, Arena *acts, MhaS
     s->ldv = D;
 }
 
-void mha_forward(const MhaParams *p, const Backend *be, Arena *acts, MhaSaved *sv, const float *q_in,
-                 const float *k_in, const float *v_in, const uint8_t *mask, int B, int Sq, int Sk,
-                 int D, int H, float dropout, uint64_t seed, float *y) {
+void mha_forward(const MhaParams *p, const Backend *be, Arena *acts, MhaSaved *sv,
+                 const float *q_in, const float *k_in, const float *v_in, const uint8_t *mask,
+                 int B, int Sq, int Sk, int D, int H, float dropout, uint64_t seed, float *y) {
     AttnShape *s = &sv->shape;
     *s = (AttnShape){.B = B, .Sq = Sq, .Sk = Sk, .D = D, .H = H, .dropout = dropout, .seed = seed};
     sv->mask = mask;
     project_qkv(p, be, acts, sv, q_in, k_in, v_in);
     sv->probs = arena_alloc(acts, (size_t)B * H * Sq * Sk); /* [B, H, Sq, Sk] */
-    sv->ctx = arena_alloc(acts, (size_t)B * Sq * D);         /* [B*Sq, D] */
+    sv->ctx = arena_alloc(acts, (size_t)B * Sq * D);        /* [B*Sq, D] */
     be->attention_forward(s, sv->q, sv->k, sv->v, mask, sv->probs, sv->ctx);
     be->linear_forward(sv->ctx, p->out_w, p->out_b, y, B * Sq, D, D);
 }
@@ -77,15 +77,16 @@ void mha_backward(const MhaParams *p, const Backend *be, const MhaSaved *sv, con
     int fused = (q_in == k_in);
     const float *wk = p->in_w + (size_t)D * D, *wv = p->in_w + (size_t)2 * D * D;
 
-    /* out_proj */
-    be->fill(ws->d_ctx, 0.0f, (size_t)Tq * D); /* [Tq, D] */
-    be->linear_backward(dy, sv->ctx, p->out_w, ws->d_ctx, p->d_out_w, p->d_out_b, Tq, D, D);
+    /* out_proj: d_ctx [Tq, D] = dy [Tq, D] out_w [D, D] overwritten (no zero fill), then the
+     * parameter gradients */
+    be->gemm(0, 0, Tq, D, D, 1.0f, dy, D, 0, p->out_w, D, 0, 0.0f, ws->d_ctx, D, 0, 1);
+    be->linear_backward(dy, sv->ctx, p->out_w, NULL, p->d_out_w, p->d_out_b, Tq, D, D);
 
     /* attention core; q/k gradients share the layout of q/k */
-    float *dq = ws->d_qk;                                    /* fused [Tq, 2D], else [Tq, D] */
+    float *dq = ws->d_qk;                                         /* fused [Tq, 2D], else [Tq, D] */
     float *dk = fused ? ws->d_qk + D : ws->d_qk + (size_t)Tq * D; /* else [Tk, D] */
-    float *dv = ws->d_v;                                     /* [Tk, D] */
-    be->fill(ws->d_qk, 0.0f, (size_t)Tq * D + (size_t)Tk * D); /* = Tq*2D when fused */
+    float *dv = ws->d_v;                                          /* [Tk, D] */
+    be->fill(ws->d_qk, 0.0f, (size_t)Tq * D + (size_t)Tk * D);    /* = Tq*2D when fused */
     be->fill(dv, 0.0f, (size_t)Tk * D);
     be->attention_backward(s, ws->d_ctx, sv->q, sv->k, sv->v, sv->probs, dq, dk, dv);
 

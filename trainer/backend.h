@@ -19,6 +19,10 @@
 #include <stdint.h>
 #include "mem.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Convolution geometry; symmetric stride / padding / dilation. Fill the first block and call
  * conv_shape_init() to compute Ho, Wo. */
 typedef struct {
@@ -118,12 +122,12 @@ typedef struct Backend {
     void (*gemm)(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
                  long strideC, int batch);
-    /* y[T,O] = x[T,I] w[O,I]^T + b[O] (b may be NULL) */
-    void (*linear_forward)(const float *x, const float *w, const float *b, float *y, int T, int I,
+    /* y[T,O] = x[T,In] w[O,In]^T + b[O] (b may be NULL) */
+    void (*linear_forward)(const float *x, const float *w, const float *b, float *y, int T, int In,
                            int O);
-    /* dx[T,I] += dy w ; dw[O,I] += dy^T x ; db[O] += column sums of dy */
+    /* dx[T,In] += dy w ; dw[O,In] += dy^T x ; db[O] += column sums of dy */
     void (*linear_backward)(const float *dy, const float *x, const float *w, float *dx, float *dw,
-                            float *db, int T, int I, int O);
+                            float *db, int T, int In, int O);
     /* y[C,R] = x[R,C]^T, for each of `batch` matrices (overwrite) */
     void (*transpose)(const float *x, float *y, int batch, int R, int C);
 
@@ -160,4 +164,7 @@ typedef struct Backend {
 /* The CPU backend (OpenBLAS + OpenMP). */
 const Backend *backend_cpu(void);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

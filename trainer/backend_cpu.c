@@ -245,7 +245,7 @@ static void cpu_adamw(float *p, const float *grad, float *m, float *v, size_t n,
     const double bc2 = 1.0 - pow((double)beta2, (double)step);
     const float step_size = (float)((double)lr / bc1);
     const float bc2_sqrt = (float)sqrt(bc2);
-    const float decay = 1.0f - lr * wd;
+    const float decay = (float)(1.0 - (double)lr * wd);
     const float b1 = beta1, b2 = beta2, one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
     long nn = (long)n;
 #pragma omp parallel for simd if (nn > CPU_PAR_MIN)

@@ -13,8 +13,8 @@ void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const fl
                     A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
 }
 
-/* y[T,O] = x[T,I] w[O,I]^T + b[O] */
-void cpu_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int I,
+/* y[T,O] = x[T,In] w[O,In]^T + b[O] */
+void cpu_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int In,
                         int O) {
     float beta = 0.0f;
     if (b) { /* rows of y start as the bias; the GEMM accumulates onto them */
@@ -26,7 +26,7 @@ void cpu_linear_forward(const float *x, const float *w, const float *b, float *y
         }
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, O, I, 1.0f, x, I, w, I, beta, y, O);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, O, In, 1.0f, x, In, w, In, beta, y, O);
 }
 
 /* db[O] += column sums of dy [T, O]: threads own blocks of columns, so no two write the same db. */
@@ -47,13 +47,13 @@ static void add_column_sums(const float *dy, float *db, int T, int O) {
 }
 
 void cpu_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
-                         float *db, int T, int I, int O) {
-    if (dx) /* dx [T,I] += dy [T,O] w [O,I] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, I, O, 1.0f, dy, O, w, I, 1.0f,
-                    dx, I);
-    if (dw) /* dw [O,I] += dy^T [O,T] x [T,I] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw,
-                    I);
+                         float *db, int T, int In, int O) {
+    if (dx) /* dx [T,In] += dy [T,O] w [O,In] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, In, O, 1.0f, dy, O, w, In, 1.0f,
+                    dx, In);
+    if (dw) /* dw [O,In] += dy^T [O,T] x [T,In] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, In, T, 1.0f, dy, O, x, In, 1.0f,
+                    dw, In);
     if (db) add_column_sums(dy, db, T, O);
 }
 

@@ -1,14 +1,15 @@
 /* backend_cpu_internal.h - shared pieces of the CPU backend (backend_cpu*.c), not a public API.
  *
- * Threading rule of the CPU backend: OpenMP parallelises the loops, OpenBLAS (its own thread
- * pool) the GEMMs, and cblas is never called from inside an OpenMP parallel region. */
+ * Threading rule of the CPU backend: OpenMP parallelises the loops, OpenBLAS the GEMMs, and cblas
+ * is never called from inside an OpenMP parallel region (there it would run on one thread). The
+ * Makefile links OpenBLAS's OpenMP build, so both draw on the same pool of threads. */
 #ifndef DETR_BACKEND_CPU_INTERNAL_H
 #define DETR_BACKEND_CPU_INTERNAL_H
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-/* OpenBLAS's cblas.h includes <complex.h>, whose macro `I` would turn the parameter names I of
- * backend.h (linear_forward ...) into a syntax error; nothing here uses complex numbers. */
+/* OpenBLAS's cblas.h includes <complex.h>, whose macro `I` breaks any later use of I as a name;
+ * nothing in the backend uses complex numbers. */
 #include <cblas.h>
 #undef I
 #include "backend.h"
@@ -29,7 +30,7 @@ float *cpu_workspace(size_t nfloats);
 
 /* exp(x) for float, written so that `#pragma omp simd` loops vectorise it with plain SSE2
  * (libm's expf is a scalar call). exp(x) = 2^n exp(r), n = round(x / ln2), |r| <= ln2/2, exp(r)
- * by its degree-6 Taylor polynomial (truncation < 1.3e-7 relative, about 1-2 ulp in all).
+ * by its degree-6 Taylor polynomial: relative error below 3e-7 (tests/unit/test_ops.c checks it).
  * x is clamped to [-87.3, 88.0]: results below FLT_MIN come out as ~1e-38 instead of a
  * denormal or 0, which no caller can tell apart from 0 next to a sum >= 1. */
 static inline float cpu_expf(float x) {
@@ -72,10 +73,10 @@ void cpu_maxpool_backward(const PoolShape *s, const float *dy, const int32_t *ar
 void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
               long strideC, int batch);
-void cpu_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int I,
+void cpu_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int In,
                         int O);
 void cpu_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
-                         float *db, int T, int I, int O);
+                         float *db, int T, int In, int O);
 void cpu_transpose(const float *x, float *y, int batch, int R, int C);
 void cpu_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
                            float *mean, float *rstd, int T, int D, float eps);

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "posenc.h"
+#include "timer.h"
+
+const char *const PHASE_NAMES[PHASE_N] = {"backbone", "transformer", "heads", "loss",
+    "backward_heads", "backward_transformer", "backward_backbone", "optimizer"};
 
 static void declare_linear(ParamSet *ps, float **w, float **gw, float **b, float **gb, int out,
                            int in, const char *prefix) {
@@ -129,6 +133,8 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     int D = cfg->hidden, Q = cfg->queries, L = cfg->dec_layers, C1 = m->C1;
     arena_reset(m->acts);
     m->B = B; m->H = H; m->W = W; m->L = L;
+    for (int p = 0; p < PHASE_N; p++) m->phase_s[p] = m->phase_flops[p] = 0;
+    double t0 = timer_now();
 
     /* backbone: [3, B, H, W] -> [Cb, B, h, w] */
     float *x = upload_images_cnhw(m, images, B, H, W);
@@ -148,6 +154,9 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     free(mask_s);
     free(pos);
 
+    double t1 = timer_now();
+    m->phase_s[PHASE_BACKBONE] = t1 - t0;
+
     /* input_proj (1x1 conv with bias): [Cb, B*S] -> [D, B*S] -> tokens [B*S, D] */
     m->proj_shape = (ConvShape){.B = B, .Cin = Cb, .H = h, .W = w, .Cout = D, .kh = 1, .kw = 1,
                                 .stride = 1, .pad = 0, .dil = 1};
@@ -161,6 +170,9 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     m->hs = arena_alloc(m->acts, (size_t)L * B * Q * D);
     transformer_forward(m->tf, be, m->acts, m->src, m->pos, m->mask_s, m->query, B, S, m->hs,
                         training, seed);
+
+    double t2 = timer_now();
+    m->phase_s[PHASE_TRANSFORMER] = t2 - t1;
 
     /* heads on all L*B*Q decoder outputs at once */
     int T = L * B * Q;
@@ -181,12 +193,20 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     be->download(m->logits_host, m->logits, (size_t)T * C1 * sizeof(float));
     be->download(m->boxes_host, m->boxes, (size_t)T * 4 * sizeof(float));
 
-    /* analytic FLOPs (multiply-add = 2): backbone + input_proj + heads; transformer below */
+    m->phase_s[PHASE_HEADS] = timer_now() - t2;
+
+    /* analytic FLOPs (multiply-add = 2); input_proj counts with the transformer. Backward:
+     * twice the forward where both data and weight gradients exist; the backbone counts only
+     * what its trainable layers compute. */
     double proj_flops = 2.0 * D * Cb * (double)B * S;
     double heads = 2.0 * T * ((double)D * C1 + 2.0 * D * D + 4.0 * D);
-    double tf = transformer_flops_estimate(cfg, B, S);
-    m->flops_fwd = backbone_forward_flops(m->bb) + proj_flops + heads + tf;
-    m->flops_bwd = backbone_backward_flops(m->bb) + 2 * (proj_flops + heads + tf);
+    double tf = transformer_flops_estimate(cfg, B, S) + proj_flops;
+    m->phase_flops[PHASE_BACKBONE] = backbone_forward_flops(m->bb);
+    m->phase_flops[PHASE_TRANSFORMER] = tf;
+    m->phase_flops[PHASE_HEADS] = heads;
+    m->phase_flops[PHASE_BWD_HEADS] = 2 * heads;
+    m->phase_flops[PHASE_BWD_TRANSFORMER] = 2 * tf;
+    m->phase_flops[PHASE_BWD_BACKBONE] = backbone_backward_flops(m->bb);
 }
 
 /* Backpropagates host gradients of logits/boxes [L, B*Q, *] through heads, transformer,
@@ -201,6 +221,7 @@ static void detr_backward(Detr *m, const float *dlogits_host, const float *dboxe
     be->upload(dlogits, dlogits_host, (size_t)T * C1 * sizeof(float));
     be->upload(dsig, dboxes_host, (size_t)T * 4 * sizeof(float));
 
+    double t0 = timer_now();
     float *dhs = arena_zeros(a, (size_t)T * D); /* [L, B*Q, D] */
     be->linear_backward(dlogits, m->hs, m->cls_w, dhs, m->cls_gw, m->cls_gb, T, D, C1);
     float *dpre = arena_zeros(a, (size_t)T * 4);
@@ -214,6 +235,8 @@ static void detr_backward(Detr *m, const float *dlogits_host, const float *dboxe
     be->relu_backward(dh1, m->mlp_h1, dz, (size_t)T * D);
     be->linear_backward(dz, m->hs, m->mlp_w[0], dhs, m->mlp_gw[0], m->mlp_gb[0], T, D, D);
 
+    double t1 = timer_now();
+    m->phase_s[PHASE_BWD_HEADS] = t1 - t0;
     float *dsrc = arena_zeros(a, (size_t)B * S * D); /* [B*S, D] */
     transformer_backward(m->tf, be, a, dhs, dsrc, m->gquery);
 
@@ -223,7 +246,10 @@ static void detr_backward(Detr *m, const float *dlogits_host, const float *dboxe
     float *dfeat = arena_zeros(a, (size_t)Cb * B * S); /* [Cb, B, h, w] */
     be->conv2d_backward_weight(&m->proj_shape, dproj, m->feat, m->proj_gw, m->proj_gb);
     be->conv2d_backward_data(&m->proj_shape, dproj, m->proj_w, dfeat);
+    double t2 = timer_now();
+    m->phase_s[PHASE_BWD_TRANSFORMER] = t2 - t1;
     backbone_backward(m->bb, be, a, dfeat);
+    m->phase_s[PHASE_BWD_BACKBONE] = timer_now() - t2;
 }
 
 int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
@@ -235,6 +261,7 @@ int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *
         dlogits = calloc((size_t)L * per_logits, sizeof(float));
         dboxes = calloc((size_t)L * per_boxes, sizeof(float));
     }
+    double t0 = timer_now();
     double num_boxes = 0;
     for (int b = 0; b < B; b++) num_boxes += targets[b].n;
     if (num_boxes < 1) num_boxes = 1;
@@ -253,6 +280,7 @@ int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *
         }
         out->total += w->ce_coef * ll->loss_ce + w->bbox_coef * ll->loss_bbox + w->giou_coef * ll->loss_giou;
     }
+    m->phase_s[PHASE_LOSS] = timer_now() - t0;
     if (rc == 0 && want_grad) detr_backward(m, dlogits, dboxes);
     free(dlogits);
     free(dboxes);

@@ -14,6 +14,14 @@
 
 #define DETR_MAX_LAYERS 16
 
+/* Phases of one step, timed by detr_forward / detr_loss_backward (wall seconds) and counted in
+ * FLOPs (analytic, multiply-add = 2). The optimizer phase is filled by the trainer. */
+typedef enum {
+    PHASE_BACKBONE, PHASE_TRANSFORMER, PHASE_HEADS, PHASE_LOSS,
+    PHASE_BWD_HEADS, PHASE_BWD_TRANSFORMER, PHASE_BWD_BACKBONE, PHASE_OPTIMIZER, PHASE_N
+} Phase;
+extern const char *const PHASE_NAMES[PHASE_N];
+
 typedef struct {
     DetrConfig cfg;
     const Backend *be;
@@ -45,7 +53,8 @@ typedef struct {
     float *logits;     /* [L, B*Q, C1] */
     float *boxes;      /* [L, B*Q, 4] post-sigmoid cxcywh */
     float *logits_host, *boxes_host; /* host copies, same shapes */
-    double flops_fwd, flops_bwd;     /* analytic count of the last step */
+    double phase_s[PHASE_N];         /* wall time of each phase in the last step */
+    double phase_flops[PHASE_N];     /* analytic FLOPs of each phase in the last step */
 } Detr;
 
 /* Builds the model and allocates its parameters (zero); train_backbone = lr_backbone > 0. */

@@ -62,7 +62,7 @@ void golden_add_predictions(StWriter *w, const Detr *m) {
 }
 
 void golden_add_losses(StWriter *w, const DetrLosses *l) {
-    char name[32];
+    char name[64];
     for (int i = l->first; i < l->L; i++) {
         const LayerLosses *ll = &l->layer[i];
         char suffix[16] = "";

@@ -9,6 +9,10 @@
 #define DETR_MEM_H
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Exit code of a process that ran out of its memory budget (or of device memory). */
 #define EXIT_OOM 3
 
@@ -55,4 +59,7 @@ int mem_parse_size(const char *s, size_t *out);
 void *host_alloc(MemCategory c, size_t bytes);
 void host_free(void *p);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "timer.h"
 
 void trainer_init(Trainer *t, Detr *m, const OptimConfig *oc) {
     memset(t, 0, sizeof(*t));
@@ -15,11 +15,6 @@ void trainer_init(Trainer *t, Detr *m, const OptimConfig *oc) {
 
 void trainer_free(Trainer *t) { adamw_destroy(&t->opt, &t->m->ps); }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void format_losses(const DetrLosses *l, char *buf, size_t len) {
     size_t used = 0;
@@ -54,7 +49,7 @@ int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const Ima
                  int B, int H, int W, float lr, float lr_backbone, uint64_t seed, StepResult *res,
                  char *err, size_t errlen) {
     Detr *m = t->m;
-    double t0 = now_seconds();
+    double t0 = timer_now();
     memset(res, 0, sizeof(*res));
     params_zero_grad(&m->ps);
     detr_forward(m, images, mask, B, H, W, 1, seed);
@@ -80,8 +75,10 @@ int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const Ima
         return -1;
     }
     res->grad_norm = norm;
+    double t1 = timer_now();
     adamw_step(&t->opt, &m->ps, lr, lr_backbone, norm);
+    m->phase_s[PHASE_OPTIMIZER] = timer_now() - t1;
     t->step++;
-    res->seconds = now_seconds() - t0;
+    res->seconds = timer_now() - t0;
     return 0;
 }

@@ -30,17 +30,17 @@ typedef struct {
 
 /* One residual block of the last forward. */
 typedef struct {
-    const float *x;       /* [T, D] block input (not owned) */
-    float *normed;        /* pre-norm: LN(x) [T, D], the body input; post-norm: NULL */
-    float *resid;         /* post-norm: x + Drop(body(x)) [T, D], the LN input; pre-norm: NULL */
-    float *mean, *rstd;   /* [T] statistics of the block's LayerNorm */
-    float *out;           /* [T, D] */
-    uint64_t seed;        /* dropout on the body output */
+    const float *x;     /* [T, D] block input (not owned) */
+    float *normed;      /* pre-norm: LN(x) [T, D], the body input; post-norm: NULL */
+    float *resid;       /* post-norm: x + Drop(body(x)) [T, D], the LN input; pre-norm: NULL */
+    float *mean, *rstd; /* [T] statistics of the block's LayerNorm */
+    float *out;         /* [T, D] */
+    uint64_t seed;      /* dropout on the body output */
 } BlockSaved;
 
 typedef struct {
-    float *h;             /* [T, F] Drop(ReLU(linear1(x))), the input of linear2 */
-    uint64_t seed;        /* dropout after the ReLU */
+    float *h;      /* [T, F] Drop(ReLU(linear1(x))), the input of linear2 */
+    uint64_t seed; /* dropout after the ReLU (backward reads the mask off h) */
 } FfnSaved;
 
 typedef struct {
@@ -64,10 +64,10 @@ typedef struct {
 
 /* Forward temporaries (not saved). */
 typedef struct {
-    float *pos_added;   /* [Tmax, D] body input + position */
-    float *body_out;    /* [Tmax, D] body output */
-    float *body_drop;   /* [Tmax, D] Drop(body output) */
-    float *ffn_pre;     /* [Tmax, F] linear1 output or ReLU output */
+    float *pos_added; /* [Tmax, D] body input + position */
+    float *body_out;  /* [Tmax, D] body output */
+    float *body_drop; /* [Tmax, D] Drop(body output) */
+    float *ffn_pre;   /* [Tmax, F] linear1 output or ReLU output */
 } FwdScratch;
 
 /* Backward temporaries, shared by all layers of one backward. */
@@ -78,31 +78,32 @@ typedef struct {
     float *d_body_out;  /* [Tmax, D] gradient of the body output before dropout */
     float *d_body_in;   /* [Tmax, D] pre-norm: gradient of the block's LN output */
     float *d_mid[2];    /* [Tmax, D] gradients between the blocks of one layer */
-    float *d_h, *d_h2;  /* [Tmax, F] FFN hidden gradients */
+    float *d_h;         /* [Tmax, F] gradient of the FFN hidden h (linear2 input) */
+    float *d_z;         /* [Tmax, F] gradient of the linear1 output z */
     MhaScratch mha;
 } BwdScratch;
 
 struct Transformer {
     int D, H, F, L_enc, L_dec, Q, pre_norm;
     float dropout;
-    EncoderLayer *enc;      /* [L_enc] */
-    DecoderLayer *dec;      /* [L_dec] */
-    NormParams enc_norm;    /* pre-norm only */
+    EncoderLayer *enc;   /* [L_enc] */
+    DecoderLayer *dec;   /* [L_dec] */
+    NormParams enc_norm; /* pre-norm only */
     NormParams dec_norm;
 
     /* the last forward */
     int have_forward;
     int B, S;
-    float p;                /* dropout probability in effect (0 when not training) */
+    float p; /* dropout probability in effect (0 when not training) */
     uint64_t seed;
-    const float *src, *pos; /* [B*S, D] each (not owned) */
-    const uint8_t *mask;    /* [B, S] (not owned) */
-    float *query_pos;       /* [B*Q, D] query_embed repeated per image */
-    float *tgt;             /* [B*Q, D] zeros: the first decoder input */
-    const float *memory;    /* [B*S, D] encoder output (through encoder.norm if pre-norm) */
-    float *memory_normed;   /* [B*S, D] pre-norm: encoder.norm output (= memory) */
+    const float *src, *pos;     /* [B*S, D] each (not owned) */
+    const uint8_t *mask;        /* [B, S] (not owned) */
+    float *query_pos;           /* [B*Q, D] query_embed repeated per image */
+    float *tgt;                 /* [B*Q, D] zeros: the first decoder input */
+    const float *memory;        /* [B*S, D] encoder output (through encoder.norm if pre-norm) */
+    float *memory_normed;       /* [B*S, D] pre-norm: encoder.norm output (= memory) */
     float *enc_mean, *enc_rstd; /* [B*S] encoder.norm statistics (pre-norm) */
-    float *memory_pos;      /* [B*S, D] memory + pos, the cross-attention key input */
+    float *memory_pos;          /* [B*S, D] memory + pos, the cross-attention key input */
     FwdScratch fs;
 };
 
@@ -118,6 +119,12 @@ static void declare_linear(LinearParams *l, ParamSet *ps, int O, int I, const ch
     int w_shape[2] = {O, I}, b_shape[1] = {O};
     params_declare(ps, GROUP_MAIN, &l->w, &l->dw, 2, w_shape, "%s.weight", name);
     params_declare(ps, GROUP_MAIN, &l->b, &l->db, 1, b_shape, "%s.bias", name);
+}
+
+/* "transformer.<stack>.layers.<i>.<module>" into buf [PARAM_NAME_LEN] */
+static const char *layer_name(char *buf, const char *stack, int i, const char *module) {
+    snprintf(buf, PARAM_NAME_LEN, "transformer.%s.layers.%d.%s", stack, i, module);
+    return buf;
 }
 
 static int config_is_valid(const DetrConfig *c) {
@@ -159,25 +166,22 @@ Transformer *transformer_create(const DetrConfig *cfg, ParamSet *ps) {
     char name[PARAM_NAME_LEN];
     for (int i = 0; i < t->L_enc; i++) {
         EncoderLayer *e = &t->enc[i];
-        const char *pre = "transformer.encoder.layers";
-        snprintf(name, sizeof name, "%s.%d.self_attn", pre, i), mha_declare(&e->self_attn, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.linear1", pre, i), declare_linear(&e->linear1, ps, F, D, name);
-        snprintf(name, sizeof name, "%s.%d.linear2", pre, i), declare_linear(&e->linear2, ps, D, F, name);
-        snprintf(name, sizeof name, "%s.%d.norm1", pre, i), declare_norm(&e->norm1, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.norm2", pre, i), declare_norm(&e->norm2, ps, D, name);
+        mha_declare(&e->self_attn, ps, D, layer_name(name, "encoder", i, "self_attn"));
+        declare_linear(&e->linear1, ps, F, D, layer_name(name, "encoder", i, "linear1"));
+        declare_linear(&e->linear2, ps, D, F, layer_name(name, "encoder", i, "linear2"));
+        declare_norm(&e->norm1, ps, D, layer_name(name, "encoder", i, "norm1"));
+        declare_norm(&e->norm2, ps, D, layer_name(name, "encoder", i, "norm2"));
     }
     if (t->pre_norm) declare_norm(&t->enc_norm, ps, D, "transformer.encoder.norm");
     for (int i = 0; i < t->L_dec; i++) {
         DecoderLayer *d = &t->dec[i];
-        const char *pre = "transformer.decoder.layers";
-        snprintf(name, sizeof name, "%s.%d.self_attn", pre, i), mha_declare(&d->self_attn, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.multihead_attn", pre, i);
-        mha_declare(&d->cross_attn, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.linear1", pre, i), declare_linear(&d->linear1, ps, F, D, name);
-        snprintf(name, sizeof name, "%s.%d.linear2", pre, i), declare_linear(&d->linear2, ps, D, F, name);
-        snprintf(name, sizeof name, "%s.%d.norm1", pre, i), declare_norm(&d->norm1, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.norm2", pre, i), declare_norm(&d->norm2, ps, D, name);
-        snprintf(name, sizeof name, "%s.%d.norm3", pre, i), declare_norm(&d->norm3, ps, D, name);
+        mha_declare(&d->self_attn, ps, D, layer_name(name, "decoder", i, "self_attn"));
+        mha_declare(&d->cross_attn, ps, D, layer_name(name, "decoder", i, "multihead_attn"));
+        declare_linear(&d->linear1, ps, F, D, layer_name(name, "decoder", i, "linear1"));
+        declare_linear(&d->linear2, ps, D, F, layer_name(name, "decoder", i, "linear2"));
+        declare_norm(&d->norm1, ps, D, layer_name(name, "decoder", i, "norm1"));
+        declare_norm(&d->norm2, ps, D, layer_name(name, "decoder", i, "norm2"));
+        declare_norm(&d->norm3, ps, D, layer_name(name, "decoder", i, "norm3"));
     }
     declare_norm(&t->dec_norm, ps, D, "transformer.decoder.norm");
     return t;
@@ -227,7 +231,9 @@ void transformer_init(Transformer *t, const Backend *be, Rng *rng) {
 
 /* ------------------------------------------------------------------ residual blocks */
 
-static uint64_t site_seed(const Transformer *t, int site) { return rng_hash64(t->seed, (uint64_t)site); }
+static uint64_t site_seed(const Transformer *t, int site) {
+    return rng_hash64(t->seed, (uint64_t)site);
+}
 
 /* Starts a block on x [T, D]; returns the body input (LN(x) for pre-norm, else x). */
 static const float *block_begin(Transformer *t, const Backend *be, Arena *acts, BlockSaved *bs,
@@ -239,7 +245,7 @@ static const float *block_begin(Transformer *t, const Backend *be, Arena *acts, 
     bs->out = arena_alloc(acts, TD);         /* [T, D] */
     bs->normed = bs->resid = NULL;
     if (!t->pre_norm) return x;
-    bs->normed = arena_alloc(acts, TD);      /* [T, D] */
+    bs->normed = arena_alloc(acts, TD); /* [T, D] */
     be->layernorm_forward(x, n->w, n->b, bs->normed, bs->mean, bs->rstd, T, t->D, LN_EPS);
     return bs->normed;
 }
@@ -263,13 +269,15 @@ static void block_end(Transformer *t, const Backend *be, Arena *acts, BlockSaved
     be->layernorm_forward(bs->resid, n->w, n->b, bs->out, bs->mean, bs->rstd, T, t->D, LN_EPS);
 }
 
-static const float *block_body_input(const BlockSaved *bs) { return bs->normed ? bs->normed : bs->x; }
+static const float *block_body_input(const BlockSaved *bs) {
+    return bs->normed ? bs->normed : bs->x;
+}
 
 /* Backward through the end of a block: adds the residual gradient into din (if din) and returns
  * the gradient of the body output (before dropout), dout [T, D] being the block output gradient. */
-static const float *block_end_backward(const Transformer *t, const Backend *be, const BwdScratch *ws,
-                                       const BlockSaved *bs, const NormParams *n, const float *dout,
-                                       float *din, int T) {
+static const float *block_end_backward(const Transformer *t, const Backend *be,
+                                       const BwdScratch *ws, const BlockSaved *bs,
+                                       const NormParams *n, const float *dout, float *din, int T) {
     size_t TD = (size_t)T * t->D;
     const float *d_sum = dout; /* [T, D] gradient of x + Drop(body) */
     if (!t->pre_norm) {
@@ -377,25 +385,22 @@ static void ffn_forward(Transformer *t, const Backend *be, Arena *acts, const Li
     be->linear_forward(sv->h, l2->w, l2->b, y, T, t->F, t->D);
 }
 
-/* Accumulates into dx [T, D] (may be NULL). The ReLU mask is read from h = Drop(ReLU(.)): where
- * dropout zeroed h the gradient is zero anyway, and elsewhere h > 0 exactly where ReLU passed. */
+/* Accumulates into dx [T, D] (may be NULL). h = Drop(ReLU(z)) is zero wherever ReLU or dropout
+ * zeroed it and equals ReLU(z) / (1-p) elsewhere, so dz = (h > 0) * dh / (1-p): one ReLU
+ * backward against h and a scale replace regenerating the dropout mask. */
 static void ffn_backward(const Transformer *t, const Backend *be, const BwdScratch *ws,
                          const LinearParams *l1, const LinearParams *l2, const FfnSaved *sv,
                          const float *dy, const float *x, float *dx, int T) {
     size_t TF = (size_t)T * t->F;
-    be->fill(ws->d_h, 0.0f, TF);
-    be->linear_backward(dy, sv->h, l2->w, ws->d_h, l2->dw, l2->db, T, t->F, t->D);
-    float *d_pre = ws->d_h2; /* [T, F] gradient of the linear1 output */
-    be->fill(ws->d_h2, 0.0f, TF);
-    if (t->p > 0.0f) {
-        be->dropout_backward(ws->d_h, ws->d_h2, TF, t->p, sv->seed);
-        be->fill(ws->d_h, 0.0f, TF);
-        be->relu_backward(ws->d_h2, sv->h, ws->d_h, TF);
-        d_pre = ws->d_h;
-    } else {
-        be->relu_backward(ws->d_h, sv->h, ws->d_h2, TF);
-    }
-    be->linear_backward(d_pre, x, l1->w, dx, l1->dw, l1->db, T, t->D, t->F);
+    float *d_h = ws->d_h; /* [T, F] gradient of h */
+    float *d_z = ws->d_z; /* [T, F] gradient of the linear1 output z */
+    /* d_h = dy [T, D] w2 [D, F], overwritten (no zero fill), then linear2's parameter grads */
+    be->gemm(0, 0, T, t->F, t->D, 1.0f, dy, t->D, 0, l2->w, t->F, 0, 0.0f, d_h, t->F, 0, 1);
+    be->linear_backward(dy, sv->h, l2->w, NULL, l2->dw, l2->db, T, t->F, t->D);
+    be->fill(d_z, 0.0f, TF);
+    be->relu_backward(d_h, sv->h, d_z, TF);
+    if (t->p > 0.0f) be->scale(d_z, 1.0f / (1.0f - t->p), TF);
+    be->linear_backward(d_z, x, l1->w, dx, l1->dw, l1->db, T, t->D, t->F);
 }
 
 /* ------------------------------------------------------------------ layers */
@@ -427,14 +432,14 @@ static void encoder_layer_backward(const Transformer *t, const Backend *be, cons
 
     const float *d_body = block_end_backward(t, be, ws, &e->ffn_blk, &e->norm2, dout, d_mid, T);
     float *d_in = block_body_input_grad(t, be, ws, d_mid, T);
-    ffn_backward(t, be, ws, &e->linear1, &e->linear2, &e->ffn, d_body, block_body_input(&e->ffn_blk),
-                 d_in, T);
+    ffn_backward(t, be, ws, &e->linear1, &e->linear2, &e->ffn, d_body,
+                 block_body_input(&e->ffn_blk), d_in, T);
     block_begin_backward(t, be, &e->ffn_blk, &e->norm2, d_in, d_mid, T);
 
     d_body = block_end_backward(t, be, ws, &e->sa_blk, &e->norm1, d_mid, din, T);
     d_in = block_body_input_grad(t, be, ws, din, T);
-    self_attn_backward(t, be, ws, &e->self_attn, &e->sa, d_body, block_body_input(&e->sa_blk), t->pos,
-                       d_in, NULL);
+    self_attn_backward(t, be, ws, &e->self_attn, &e->sa, d_body, block_body_input(&e->sa_blk),
+                       t->pos, d_in, NULL);
     block_begin_backward(t, be, &e->sa_blk, &e->norm1, d_in, din, T);
 }
 
@@ -460,8 +465,8 @@ static const float *decoder_layer_forward(Transformer *t, const Backend *be, Are
 
     d->hs_mean = arena_alloc(acts, (size_t)T); /* [T] */
     d->hs_rstd = arena_alloc(acts, (size_t)T); /* [T] */
-    be->layernorm_forward(d->ffn_blk.out, t->dec_norm.w, t->dec_norm.b, hs_l, d->hs_mean, d->hs_rstd,
-                          T, t->D, LN_EPS);
+    be->layernorm_forward(d->ffn_blk.out, t->dec_norm.w, t->dec_norm.b, hs_l, d->hs_mean,
+                          d->hs_rstd, T, t->D, LN_EPS);
     return d->ffn_blk.out;
 }
 
@@ -479,15 +484,15 @@ static void decoder_layer_backward(const Transformer *t, const Backend *be, cons
     be->fill(d_ca_out, 0.0f, TD);
     const float *d_body = block_end_backward(t, be, ws, &d->ffn_blk, &d->norm3, dout, d_ca_out, T);
     float *d_in = block_body_input_grad(t, be, ws, d_ca_out, T);
-    ffn_backward(t, be, ws, &d->linear1, &d->linear2, &d->ffn, d_body, block_body_input(&d->ffn_blk),
-                 d_in, T);
+    ffn_backward(t, be, ws, &d->linear1, &d->linear2, &d->ffn, d_body,
+                 block_body_input(&d->ffn_blk), d_in, T);
     block_begin_backward(t, be, &d->ffn_blk, &d->norm3, d_in, d_ca_out, T);
 
     be->fill(d_sa_out, 0.0f, TD);
     d_body = block_end_backward(t, be, ws, &d->ca_blk, &d->norm2, d_ca_out, d_sa_out, T);
     d_in = block_body_input_grad(t, be, ws, d_sa_out, T);
-    cross_attn_backward(t, be, ws, &d->cross_attn, &d->ca, d_body, block_body_input(&d->ca_blk), d_in,
-                        dquery_pos, dmemory);
+    cross_attn_backward(t, be, ws, &d->cross_attn, &d->ca, d_body, block_body_input(&d->ca_blk),
+                        d_in, dquery_pos, dmemory);
     block_begin_backward(t, be, &d->ca_blk, &d->norm2, d_in, d_sa_out, T);
 
     d_body = block_end_backward(t, be, ws, &d->sa_blk, &d->norm1, d_sa_out, din, T);
@@ -504,24 +509,32 @@ static int max_int(int a, int b) { return a > b ? a : b; }
 void transformer_forward(Transformer *t, const Backend *be, Arena *acts, const float *src,
                          const float *pos, const uint8_t *mask, const float *query_pos, int B,
                          int S, float *hs, int training, uint64_t seed) {
+    if (B < 1 || S < 1) {
+        fprintf(stderr,
+                "transformer.c: transformer_forward needs B >= 1 and S >= 1 (got B=%d, "
+                "S=%d); pass a non-empty batch of feature maps\n",
+                B, S);
+        t->have_forward = 0;
+        return;
+    }
     int D = t->D, Q = t->Q;
     size_t Te = (size_t)B * S, Tq = (size_t)B * Q, Tmax = (size_t)max_int(B * S, B * Q);
     t->B = B, t->S = S, t->src = src, t->pos = pos, t->mask = mask, t->seed = seed;
     t->p = training ? t->dropout : 0.0f;
 
-    t->fs.pos_added = arena_alloc(acts, Tmax * D);        /* [Tmax, D] */
-    t->fs.body_out = arena_alloc(acts, Tmax * D);         /* [Tmax, D] */
-    t->fs.body_drop = arena_alloc(acts, Tmax * D);        /* [Tmax, D] */
-    t->fs.ffn_pre = arena_alloc(acts, Tmax * t->F);       /* [Tmax, F] */
+    t->fs.pos_added = arena_alloc(acts, Tmax * D);  /* [Tmax, D] */
+    t->fs.body_out = arena_alloc(acts, Tmax * D);   /* [Tmax, D] */
+    t->fs.body_drop = arena_alloc(acts, Tmax * D);  /* [Tmax, D] */
+    t->fs.ffn_pre = arena_alloc(acts, Tmax * t->F); /* [Tmax, F] */
 
     const float *x = src; /* [B*S, D] */
     for (int l = 0; l < t->L_enc; l++) x = encoder_layer_forward(t, be, acts, l, x);
     if (t->pre_norm) {
         t->memory_normed = arena_alloc(acts, Te * D); /* [B*S, D] */
-        t->enc_mean = arena_alloc(acts, Te);   /* [B*S] */
-        t->enc_rstd = arena_alloc(acts, Te);   /* [B*S] */
-        be->layernorm_forward(x, t->enc_norm.w, t->enc_norm.b, t->memory_normed, t->enc_mean, t->enc_rstd,
-                              (int)Te, D, LN_EPS);
+        t->enc_mean = arena_alloc(acts, Te);          /* [B*S] */
+        t->enc_rstd = arena_alloc(acts, Te);          /* [B*S] */
+        be->layernorm_forward(x, t->enc_norm.w, t->enc_norm.b, t->memory_normed, t->enc_mean,
+                              t->enc_rstd, (int)Te, D, LN_EPS);
         t->memory = t->memory_normed;
     } else {
         t->memory = x; /* the last layer's output (src itself without encoder layers) */
@@ -530,11 +543,13 @@ void transformer_forward(Transformer *t, const Backend *be, Arena *acts, const f
     be->add(t->memory, pos, t->memory_pos, Te * D);
 
     t->query_pos = arena_alloc(acts, Tq * D); /* [B*Q, D] */
-    for (int b = 0; b < B; b++) be->copy(t->query_pos + (size_t)b * Q * D, query_pos, (size_t)Q * D);
+    for (int b = 0; b < B; b++)
+        be->copy(t->query_pos + (size_t)b * Q * D, query_pos, (size_t)Q * D);
     t->tgt = arena_zeros(acts, Tq * D); /* [B*Q, D] */
 
     const float *y = t->tgt; /* [B*Q, D] */
-    for (int l = 0; l < t->L_dec; l++) y = decoder_layer_forward(t, be, acts, l, y, hs + (size_t)l * Tq * D);
+    for (int l = 0; l < t->L_dec; l++)
+        y = decoder_layer_forward(t, be, acts, l, y, hs + (size_t)l * Tq * D);
     t->have_forward = 1;
 }
 
@@ -549,10 +564,11 @@ static void bwd_scratch_alloc(const Transformer *t, Arena *acts, BwdScratch *ws)
     ws->d_mid[0] = arena_alloc(acts, Tmax * D);    /* [Tmax, D] */
     ws->d_mid[1] = arena_alloc(acts, Tmax * D);    /* [Tmax, D] */
     ws->d_h = arena_alloc(acts, Tmax * t->F);      /* [Tmax, F] */
-    ws->d_h2 = arena_alloc(acts, Tmax * t->F);     /* [Tmax, F] */
+    ws->d_z = arena_alloc(acts, Tmax * t->F);      /* [Tmax, F] */
     ws->mha.d_ctx = arena_alloc(acts, Tmax * D);   /* [Tmax, D] */
-    /* self-attention [Tmax, 2D]; cross-attention [Tq, D] then [Te, D] */
-    ws->mha.d_qk = arena_alloc(acts, (Tmax * 2 > Tq + Te ? Tmax * 2 : Tq + Te) * D);
+    /* self-attention [Tmax, 2D]; cross-attention [Tq, D] followed by [Te, D] */
+    size_t qk_rows = Tmax * 2 > Tq + Te ? Tmax * 2 : Tq + Te;
+    ws->mha.d_qk = arena_alloc(acts, qk_rows * D); /* [qk_rows, D] */
     ws->mha.d_v = arena_alloc(acts, Tmax * D);     /* [Tmax, D] */
 }
 
@@ -608,5 +624,6 @@ void transformer_backward(Transformer *t, const Backend *be, Arena *acts, const 
     if (t->L_enc == 0 && dsrc) be->axpy(1.0f, dx[cur], dsrc, Te * D);
 
     if (dquery_pos)
-        for (int b = 0; b < t->B; b++) be->axpy(1.0f, dqpos + (size_t)b * Q * D, dquery_pos, (size_t)Q * D);
+        for (int b = 0; b < t->B; b++)
+            be->axpy(1.0f, dqpos + (size_t)b * Q * D, dquery_pos, (size_t)Q * D);
 }

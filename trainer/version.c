@@ -139,8 +139,22 @@ void version_print(FILE *f) {
 #endif
 }
 
+/* The OpenMP build of OpenBLAS shares our OpenMP thread pool; another build's threads compete
+ * with our parallel loops for the cores. A warning, not an error: results are the same. */
+static void warn_openblas_threading(void) {
+    int mode = openblas_get_parallel();
+    if (mode == 2) return;
+    fprintf(stderr,
+            "warning: the OpenBLAS loaded is the %s build, not the OpenMP one: its threads and "
+            "ours compete for the cores (training can be several times slower)\nHINT: install "
+            "libopenblas0-openmp and rebuild (the Makefile links the one in BLAS_DIR), or check "
+            "LD_LIBRARY_PATH.\n",
+            openblas_parallel_name(mode));
+}
+
 int version_check_runtime(char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
+    warn_openblas_threading();
 #ifdef DETR_CUDA
     return cuda_info_check_runtime(err, errlen);
 #else

@@ -21,6 +21,7 @@ void version_print(FILE *f);
  *  - CUDA built, cuDNN loaded at run time has another major version than the headers: error.
  *  - No NVIDIA driver at all is NOT an error (CPU runs work; selecting a GPU later reports
  *    "no GPU"). Without a CUDA build the checks always pass.
+ *  - OpenBLAS not the OpenMP-threaded build: a warning on stderr only (returns 0).
  * Callers treat -1 as fatal for GPU runs; for --device cpu they may print it as a warning. */
 int version_check_runtime(char *err, size_t errlen);
 

@@ -81,7 +81,7 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))  # x*scale + shift
 
 
 def conv3x3(cin, cout, stride=1, dilation=1):
@@ -579,14 +579,17 @@ def make_optimizer(model, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, betas=(0
                              betas=betas, eps=eps, foreach=foreach)
 
 
-def train_step(model, criterion, optimizer, images, mask, targets, clip_max_norm=0.1):
+def train_step(model, criterion, optimizer, images, mask, targets, clip_max_norm=0.1, after_backward=None):
     """One engine.py step: forward, loss, zero_grad, backward, clip, AdamW. Returns
-    (loss_dict, total_loss, grad_norm_before_clip)."""
+    (loss_dict, total_loss, grad_norm_before_clip). after_backward(outputs, loss_dict, total), if given,
+    runs after backward and before clipping (the gradients are then the unclipped ones)."""
     outputs = model(images, mask)
     loss_dict = criterion(outputs, targets)
     total = weighted_total(loss_dict, criterion.weight_dict)
     optimizer.zero_grad()
     total.backward()
+    if after_backward is not None:
+        after_backward(outputs, loss_dict, total)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm) if clip_max_norm > 0 else None
     optimizer.step()
     return loss_dict, total, gnorm

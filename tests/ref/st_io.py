@@ -52,7 +52,9 @@ def write_safetensors(path, tensors, metadata=None):
     for name in names:
         if name == "__metadata__":
             raise ValueError("st_io: '__metadata__' is reserved and cannot be a tensor name")
-        arr = np.ascontiguousarray(np.asarray(tensors[name]))
+        arr = np.asarray(tensors[name])
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")   # (np.ascontiguousarray would turn a 0-d scalar into shape [1])
         dtype = _dtype_name(arr)
         data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
         header[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape],

@@ -22,7 +22,7 @@
 
 #define B_IMG 2
 #define S_TOK 5
-#define FD_TOL 2e-2      /* max |analytic - fd| / (max |fd| of the tensor + FD_FLOOR) */
+#define FD_TOL 2e-2 /* max |analytic - fd| / (max |fd| of the tensor + FD_FLOOR) */
 #define FD_FLOOR 5e-2
 #define SAMPLES_PER_TENSOR 6
 
@@ -33,12 +33,12 @@ typedef struct {
     Transformer *tf;
     Arena *acts;
     int B, S, L, Q, D;
-    float *src, *pos;    /* [B*S, D] */
-    float *qpos;         /* [Q, D] */
-    uint8_t *mask;       /* [B, S] */
-    float *hs, *r;       /* [L, B*Q, D] */
-    float *dsrc;         /* [B*S, D] */
-    float *dqpos;        /* [Q, D] */
+    float *src, *pos; /* [B*S, D] */
+    float *qpos;      /* [Q, D] */
+    uint8_t *mask;    /* [B, S] */
+    float *hs, *r;    /* [L, B*Q, D] */
+    float *dsrc;      /* [B*S, D] */
+    float *dqpos;     /* [Q, D] */
     int training;
     uint64_t seed;
 } Fixture;
@@ -61,7 +61,8 @@ static void fixture_init(Fixture *f, int pre_norm, float dropout, int training) 
     memset(f, 0, sizeof *f);
     f->be = backend_cpu();
     f->cfg = tiny_config(pre_norm, dropout);
-    f->B = B_IMG, f->S = S_TOK, f->L = f->cfg.dec_layers, f->Q = f->cfg.queries, f->D = f->cfg.hidden;
+    f->B = B_IMG, f->S = S_TOK, f->L = f->cfg.dec_layers, f->Q = f->cfg.queries,
+    f->D = f->cfg.hidden;
     params_init(&f->ps, f->be);
     f->tf = transformer_create(&f->cfg, &f->ps);
     params_allocate(&f->ps);
@@ -253,7 +254,8 @@ static void test_dropout(void) {
     f.training = 0;
     forward(&f);
     double d_eval = max_abs_diff(first, f.hs, HS);
-    CHECK("dropout: eval (training=0) differs from training", d_eval > 1e-3, "max diff %.3g", d_eval);
+    CHECK("dropout: eval (training=0) differs from training", d_eval > 1e-3, "max diff %.3g",
+          d_eval);
     f.seed = 1;
     forward(&f);
     memcpy(first, f.hs, HS * sizeof(float));
@@ -293,7 +295,8 @@ static void test_mask(int pre_norm, int training) {
     forward(&f);
     memcpy(before, f.hs, HS * sizeof(float));
     for (int s = 3; s < f.S; s++)
-        for (int d = 0; d < f.D; d++) f.src[((size_t)1 * f.S + s) * f.D + d] += 5.0f * (d % 3 - 1) + 3.0f;
+        for (int d = 0; d < f.D; d++)
+            f.src[((size_t)1 * f.S + s) * f.D + d] += 5.0f * (d % 3 - 1) + 3.0f;
     forward(&f);
     double d1 = image_hs_diff(&f, before, f.hs, 1), d0 = image_hs_diff(&f, before, f.hs, 0);
     snprintf(name, sizeof name, "mask (%s%s): padded src leaves image 1's hs unchanged", label,
@@ -305,12 +308,15 @@ static void test_mask(int pre_norm, int training) {
     for (int s = 0; s < f.S; s++)
         for (int d = 0; d < f.D; d++) {
             double g = fabs(f.dsrc[((size_t)1 * f.S + s) * f.D + d]);
-            if (s >= 3) g_pad = fmax(g_pad, g);
-            else g_valid = fmax(g_valid, g);
+            if (s >= 3)
+                g_pad = fmax(g_pad, g);
+            else
+                g_valid = fmax(g_valid, g);
         }
     snprintf(name, sizeof name, "mask (%s%s): zero gradient at padded src", label,
              training ? ", dropout" : "");
-    CHECK(name, g_pad == 0.0 && g_valid > 1e-4, "max |dsrc| padded %.3g, valid %.3g", g_pad, g_valid);
+    CHECK(name, g_pad == 0.0 && g_valid > 1e-4, "max |dsrc| padded %.3g, valid %.3g", g_pad,
+          g_valid);
     free(before);
     fixture_free(&f);
 }
@@ -335,7 +341,8 @@ static void test_accumulation(void) {
 
     gradients(&f, 0, 0);
     double d = max_abs_diff(f.ps.train_grad, g1, NP);
-    CHECK("NULL dsrc and dquery_pos leave parameter gradients unchanged", d < 1e-6, "max diff %.3g", d);
+    CHECK("NULL dsrc and dquery_pos leave parameter gradients unchanged", d < 1e-6, "max diff %.3g",
+          d);
     free(g1);
     fixture_free(&f);
 }
@@ -350,7 +357,8 @@ static size_t transformer_floats(ParamSet *ps) {
 static int has_shape(ParamSet *ps, const char *name, int d0, int d1) {
     Param *p = params_find(ps, name);
     if (!p) return 0;
-    return d1 ? (p->ndim == 2 && p->shape[0] == d0 && p->shape[1] == d1) : (p->ndim == 1 && p->shape[0] == d0);
+    return d1 ? (p->ndim == 2 && p->shape[0] == d0 && p->shape[1] == d1)
+              : (p->ndim == 1 && p->shape[0] == d0);
 }
 
 static void test_names_and_counts(void) {
@@ -367,7 +375,8 @@ static void test_names_and_counts(void) {
              has_shape(&ps, "transformer.decoder.layers.3.norm3.weight", 256, 0) &&
              has_shape(&ps, "transformer.decoder.norm.bias", 256, 0) &&
              !params_find(&ps, "transformer.encoder.norm.weight");
-    CHECK("R50 post-norm names and shapes follow the reference state dict", ok, "a name or shape differs");
+    CHECK("R50 post-norm names and shapes follow the reference state dict", ok,
+          "a name or shape differs");
     transformer_destroy(t);
     params_free(&ps);
 
@@ -376,7 +385,8 @@ static void test_names_and_counts(void) {
     t = transformer_create(&c, &ps);
     n = transformer_floats(&ps);
     CHECK("R50 pre-norm adds transformer.encoder.norm (512 floats)",
-          n == 17363456 + 512 && has_shape(&ps, "transformer.encoder.norm.weight", 256, 0), "got %zu", n);
+          n == 17363456 + 512 && has_shape(&ps, "transformer.encoder.norm.weight", 256, 0),
+          "got %zu", n);
     transformer_destroy(t);
     params_free(&ps);
 
@@ -435,21 +445,23 @@ static void test_init(void) {
     snprintf(n2, sizeof n2, "%s.multihead_attn.out_proj.weight", d);
     snprintf(n3, sizeof n3, "%s.linear1.weight", e);
     snprintf(n4, sizeof n4, "%s.linear2.weight", d);
-    int xavier = uniform_like(&ps, n1, sqrt(6.0 / 1024)) && uniform_like(&ps, n2, sqrt(6.0 / 512)) &&
+    int xavier = uniform_like(&ps, n1, sqrt(6.0 / 1024)) &&
+                 uniform_like(&ps, n2, sqrt(6.0 / 512)) &&
                  uniform_like(&ps, n3, sqrt(6.0 / 2304)) && uniform_like(&ps, n4, sqrt(6.0 / 2304));
     CHECK("init: xavier_uniform on in_proj (one [768,256] matrix), out_proj, linear1/2", xavier,
           "bounds or spread differ");
     snprintf(n1, sizeof n1, "%s.linear1.bias", d);
     snprintf(n2, sizeof n2, "%s.linear2.bias", e);
     CHECK("init: linear biases U(+-1/sqrt(fan_in))",
-          uniform_like(&ps, n1, 1.0 / 16.0) && uniform_like(&ps, n2, 1.0 / sqrt(2048.0)), "bounds differ");
+          uniform_like(&ps, n1, 1.0 / 16.0) && uniform_like(&ps, n2, 1.0 / sqrt(2048.0)),
+          "bounds differ");
     snprintf(n1, sizeof n1, "%s.self_attn.in_proj_bias", d);
     snprintf(n2, sizeof n2, "%s.multihead_attn.out_proj.bias", d);
     snprintf(n3, sizeof n3, "%s.norm3.weight", d);
     snprintf(n4, sizeof n4, "%s.norm1.bias", e);
     CHECK("init: attention biases 0, LayerNorm weight 1 and bias 0",
-          constant(&ps, n1, 0) && constant(&ps, n2, 0) && constant(&ps, n3, 1) && constant(&ps, n4, 0) &&
-              constant(&ps, "transformer.decoder.norm.weight", 1) &&
+          constant(&ps, n1, 0) && constant(&ps, n2, 0) && constant(&ps, n3, 1) &&
+              constant(&ps, n4, 0) && constant(&ps, "transformer.decoder.norm.weight", 1) &&
               constant(&ps, "transformer.decoder.norm.bias", 0),
           "a constant differs");
     transformer_destroy(t);
