@@ -17,8 +17,12 @@ BUILD    ?= build$(if $(filter 0,$(CUDA)),-cpu,)
 CUDA_ARCHS ?= 80 90
 
 OPT      ?= -O2
+# Built from source on the machine that runs it, so tune for it (make ARCH= for a portable
+# x86-64 build). -fno-math-errno lets sqrtf/expf vectorise (AdamW went from 15 to 5 ms a step).
+ARCH     ?= -march=native
 SAN      ?=
-CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fopenmp -MMD -MP $(SAN) \
+CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -fno-math-errno -ftree-vectorize \
+            -fvect-cost-model=dynamic -g -Wall -Wextra -Werror -fopenmp -MMD -MP $(SAN) \
             -Itrainer -Iprofiler -Idataloader
 # OpenBLAS's OpenMP build (Debian libopenblas0-openmp): its threads are our OpenMP pool, so BLAS
 # calls and our parallel loops never fight over the cores (with the pthread build, OpenMP
@@ -56,11 +60,16 @@ $(BUILD)/libdetr.a: $(TRAINER_OBJ) $(CUDA_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+# Objects depend on the flags they were built with: changing OPT/ARCH/SAN/CUDA rebuilds.
+FLAGS_STAMP := $(BUILD)/flags.stamp
+$(shell mkdir -p $(BUILD) && echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $(FLAGS_STAMP) || \
+        echo '$(CC) $(CFLAGS) $(LDLIBS)' > $(FLAGS_STAMP))
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 

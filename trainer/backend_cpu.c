@@ -156,10 +156,18 @@ static void cpu_scale(float *x, float alpha, size_t n) {
     for (long i = 0; i < nn; i++) x[i] *= alpha;
 }
 
+CPU_HOT static void sigmoid_span(const float *x, float *y, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + cpu_expf(-x[i]));
+}
+
 static void cpu_sigmoid_forward(const float *x, float *y, size_t n) {
-    long nn = (long)n;
-#pragma omp parallel for simd if (nn > CPU_PAR_MIN)
-    for (long i = 0; i < nn; i++) y[i] = 1.0f / (1.0f + cpu_expf(-x[i]));
+    const long spans = (long)((n + CPU_SPAN - 1) / CPU_SPAN);
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
+    for (long sp = 0; sp < spans; sp++) {
+        const size_t lo = (size_t)sp * CPU_SPAN, len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        sigmoid_span(x + lo, y + lo, len);
+    }
 }
 
 static void cpu_sigmoid_backward(const float *dy, const float *y, float *dx, size_t n) {
@@ -171,30 +179,51 @@ static void cpu_sigmoid_backward(const float *dy, const float *y, float *dx, siz
 
 /* Dropout: keep element i when rng_uniform(seed, i) >= p, scale kept ones by 1/(1-p). The mask
  * is never stored; backward draws the same numbers again. */
+CPU_HOT void cpu_dropout_span(const float *x, float *y, size_t n, uint64_t first, float p,
+                              uint64_t seed) {
+    const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp simd
+    for (size_t e = 0; e < n; e++)
+        y[e] = rng_uniform(seed, first + e) >= p ? x[e] * keep_scale : 0.0f;
+}
+
+CPU_HOT void cpu_dropout_span_add(const float *dy, float *dx, size_t n, uint64_t first, float p,
+                                  uint64_t seed) {
+    const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp simd
+    for (size_t e = 0; e < n; e++)
+        dx[e] += rng_uniform(seed, first + e) >= p ? dy[e] * keep_scale : 0.0f;
+}
+
 static void cpu_dropout_forward(const float *x, float *y, size_t n, float p, uint64_t seed) {
     if (p <= 0.0f) {
         cpu_copy(y, x, n);
         return;
     }
-    const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    long nn = (long)n;
-#pragma omp parallel for if (nn > CPU_PAR_MIN / 4)
-    for (long i = 0; i < nn; i++)
-        y[i] = rng_uniform(seed, (uint64_t)i) >= p ? x[i] * keep_scale : 0.0f;
+    if (p >= 1.0f) { /* nothing is kept */
+        cpu_fill(y, 0.0f, n);
+        return;
+    }
+    const long spans = (long)((n + CPU_SPAN - 1) / CPU_SPAN);
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN / 4)
+    for (long sp = 0; sp < spans; sp++) {
+        const size_t lo = (size_t)sp * CPU_SPAN, len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        cpu_dropout_span(x + lo, y + lo, len, lo, p, seed);
+    }
 }
 
 static void cpu_dropout_backward(const float *dy, float *dx, size_t n, float p, uint64_t seed) {
-    if (!dx) return;
-    long nn = (long)n;
+    if (!dx || p >= 1.0f) return;
     if (p <= 0.0f) {
-#pragma omp parallel for simd if (nn > CPU_PAR_MIN)
-        for (long i = 0; i < nn; i++) dx[i] += dy[i];
+        cpu_axpy(1.0f, dy, dx, n);
         return;
     }
-    const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-#pragma omp parallel for if (nn > CPU_PAR_MIN / 4)
-    for (long i = 0; i < nn; i++)
-        if (rng_uniform(seed, (uint64_t)i) >= p) dx[i] += dy[i] * keep_scale;
+    const long spans = (long)((n + CPU_SPAN - 1) / CPU_SPAN);
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN / 4)
+    for (long sp = 0; sp < spans; sp++) {
+        const size_t lo = (size_t)sp * CPU_SPAN, len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        cpu_dropout_span_add(dy + lo, dx + lo, len, lo, p, seed);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */

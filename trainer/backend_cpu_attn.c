@@ -24,14 +24,15 @@ static void attn_check_shape(const char *op, const AttnShape *s) {
         cpu_shape_error(op, "dropout probability outside [0, 1)");
 }
 
-/* dst [Sq, Sk] = Drop(P) for the (b, h) block whose first element has flat index base. */
+/* dst [n] = Drop(P [n]) for the (b, h) block whose first element has flat index base. */
 static void dropout_block(const float *P, float *dst, size_t n, uint64_t base, float p,
                           uint64_t seed) {
-    const float keep_scale = 1.0f / (1.0f - p);
-    const long nn = (long)n;
-#pragma omp parallel for schedule(static) if (nn > CPU_PAR_MIN / 4)
-    for (long e = 0; e < nn; e++)
-        dst[e] = rng_uniform(seed, base + (uint64_t)e) >= p ? P[e] * keep_scale : 0.0f;
+    const long spans = (long)((n + CPU_SPAN - 1) / CPU_SPAN);
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN / 4)
+    for (long sp = 0; sp < spans; sp++) {
+        const size_t lo = (size_t)sp * CPU_SPAN, len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        cpu_dropout_span(P + lo, dst + lo, len, base + lo, p, seed);
+    }
 }
 
 void cpu_attention_forward(const AttnShape *s, const float *q, const float *k, const float *v,
@@ -72,26 +73,30 @@ void cpu_attention_forward(const AttnShape *s, const float *q, const float *k, c
         }
 }
 
-/* In place on dS [Sq, Sk] (holding dPdrop on entry): undo the dropout scaling, then the softmax
- * backward against the saved P [Sq, Sk]. */
+/* One row of dS [Sk] (holding dPdrop on entry), in place: undo the dropout scaling (the row's
+ * first probability has flat index row_base), then the softmax backward against P's row. */
+CPU_HOT static void scores_grad_row(float *g, const float *pr, int Sk, uint64_t row_base, float p,
+                                    uint64_t seed) {
+    if (p > 0.0f) {
+        const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp simd
+        for (int j = 0; j < Sk; j++)
+            g[j] = rng_uniform(seed, row_base + (uint64_t)j) >= p ? g[j] * keep_scale : 0.0f;
+    }
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < Sk; j++) dot += g[j] * pr[j];
+#pragma omp simd
+    for (int j = 0; j < Sk; j++) g[j] = pr[j] * (g[j] - dot);
+}
+
+/* dS [Sq, Sk] in place from dPdrop, against the saved P [Sq, Sk] of the block at flat index base. */
 static void probs_grad_to_scores_grad(float *dS, const float *P, int Sq, int Sk, uint64_t base,
                                       float p, uint64_t seed) {
-    const float keep_scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
 #pragma omp parallel for schedule(static) if ((size_t)Sq * Sk > CPU_PAR_MIN / 4)
-    for (int i = 0; i < Sq; i++) {
-        float *g = dS + (size_t)i * Sk;
-        const float *pr = P + (size_t)i * Sk;
-        if (p > 0.0f) {
-            const uint64_t row_base = base + (uint64_t)i * Sk;
-            for (int j = 0; j < Sk; j++)
-                g[j] = rng_uniform(seed, row_base + (uint64_t)j) >= p ? g[j] * keep_scale : 0.0f;
-        }
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < Sk; j++) dot += g[j] * pr[j];
-#pragma omp simd
-        for (int j = 0; j < Sk; j++) g[j] = pr[j] * (g[j] - dot);
-    }
+    for (int i = 0; i < Sq; i++)
+        scores_grad_row(dS + (size_t)i * Sk, P + (size_t)i * Sk, Sk, base + (uint64_t)i * Sk, p,
+                        seed);
 }
 
 void cpu_attention_backward(const AttnShape *s, const float *dout, const float *q, const float *k,

@@ -159,7 +159,7 @@ void cpu_layernorm_backward(const float *dy, const float *x, const float *mean, 
 /* ------------------------------------------------------------------------------------------ */
 /* softmax over rows                                                                          */
 
-void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask) {
+CPU_HOT void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask) {
     float mx = -INFINITY;
     if (mask) {
 #pragma omp simd reduction(max : mx)
@@ -197,7 +197,7 @@ void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask) {
     for (int j = 0; j < N; j++) row[j] *= inv;
 }
 
-void cpu_softmax_row_backward(const float *dy, const float *y, float *dx, int N) {
+CPU_HOT void cpu_softmax_row_backward(const float *dy, const float *y, float *dx, int N) {
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
     for (int j = 0; j < N; j++) dot += dy[j] * y[j];

@@ -57,8 +57,8 @@ int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const Ima
     char terms[2048];
     if (detr_loss_backward(m, targets, &t->lw, 1, 1.0, &res->losses, msg, sizeof(msg)) != 0) {
         const char *p = first_nonfinite(m, 0);
-        snprintf(err, errlen, "step %d: %s%s%s", t->step + 1, msg,
-                 p ? "; first non-finite parameter: " : "", p ? p : "");
+        snprintf(err, errlen, "step %d: %s (so no loss terms could be computed)%s%s", t->step + 1,
+                 msg, p ? "; first non-finite parameter: " : "", p ? p : "");
         return -1;
     }
     if (!isfinite(res->losses.total)) {
