@@ -29,6 +29,7 @@ static double sgemm_peak(int n) {
 }
 
 int main(int argc, char **argv) {
+    runtime_configure_openmp(argv);
     int batch = 8, size = 128, warmup = 2, steps = 5, threads = 0, peak = 0;
     uint64_t seed = 1;
     CliOption o[40] = {

@@ -17,6 +17,7 @@ static const char *USAGE =
     "inferred from W (nheads and dilation from its __metadata__).";
 
 int main(int argc, char **argv) {
+    runtime_configure_openmp(argv);
     const char *weights = NULL, *inputs = NULL, *out = NULL;
     int threads = 0, version = 0;
     CliOption opts[32] = {

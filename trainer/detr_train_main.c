@@ -247,6 +247,7 @@ static int run_synthetic(const Args *a, Detr *m) {
 }
 
 int main(int argc, char **argv) {
+    runtime_configure_openmp(argv);
     Args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc > 0 ? 0 : 2;
