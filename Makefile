@@ -28,11 +28,11 @@ CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -fno-math-errno -ftree-vectori
 # calls and our parallel loops never fight over the cores (with the pthread build, OpenMP
 # workers spin-waiting between loops made training 10x slower on 2 cores).
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0 -ljansson -luv -lsqlite3 -lturbojpeg -lm -lpthread
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0 -ljansson -luv -lsqlite3 -lturbojpeg -lspng -lm -lpthread
 LDFLAGS  := -fopenmp $(SAN)
 
-TRAINER_SRC := $(filter-out %_main.c,$(wildcard trainer/*.c))
-TRAINER_OBJ := $(TRAINER_SRC:%.c=$(BUILD)/%.o)
+LIB_SRC  := $(filter-out %_main.c,$(wildcard trainer/*.c dataloader/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
 ifeq ($(CUDA),1)
 CFLAGS   += -DDETR_CUDA -I$(CUDA_HOME)/include
@@ -47,16 +47,16 @@ LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasL
             -lnccl -lcudart -lstdc++
 endif
 
-BINS := $(BUILD)/detr-train $(BUILD)/detr-infer
+BINS := $(BUILD)/detr-train $(BUILD)/detr-infer $(if $(wildcard dataloader/detr_data_main.c),$(BUILD)/detr-data)
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test run asan bench gpu-check setup clean
+.PHONY: all test run asan tsan bench gpu-check setup clean
 all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
 
-$(BUILD)/libdetr.a: $(TRAINER_OBJ) $(CUDA_OBJ)
+$(BUILD)/libdetr.a: $(LIB_OBJ) $(CUDA_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -77,6 +77,9 @@ $(BUILD)/detr-train: $(BUILD)/trainer/detr_train_main.o $(BUILD)/libdetr.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/detr-infer: $(BUILD)/trainer/detr_infer_main.o $(BUILD)/libdetr.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/detr-data: $(BUILD)/dataloader/detr_data_main.o $(BUILD)/libdetr.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libdetr.a
@@ -101,6 +104,13 @@ asan: setup
 	@BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run_tests.sh
 
+# ThreadSanitizer on the data loader's tests (tests/unit/test_loader*.c), CPU only.
+tsan: setup
+	@$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 SAN="-fsanitize=thread" \
+	    $(patsubst tests/unit/%.c,build-tsan/tests/%,$(wildcard tests/unit/test_loader*.c))
+	@for t in build-tsan/tests/test_loader*; do [ -x "$$t" ] || continue; echo "== $$t (TSan)"; \
+	    TSAN_OPTIONS=halt_on_error=1 DETR_BUILD=build-tsan $$t || exit 1; done
+
 run: setup
 	@$(MAKE) --no-print-directory all
 	@scripts/run_default.sh
@@ -114,6 +124,6 @@ gpu-check:
 	@scripts/gpu_check.sh
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf build build-cpu build-asan build-tsan
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -10,7 +10,9 @@ PKGS=(
   libsqlite3-dev sqlite3   # profiler reports
   libturbojpeg0-dev libjpeg62-turbo-dev  # JPEG decode (TurboJPEG API; jconfig.h for the version)
   libjansson-dev           # JSON (targets, COCO annotations)
+  libspng-dev              # PNG decode
   python3-torch python3-scipy python3-numpy   # PyTorch reference for tests and benchmarks
+  python3-torchvision python3-pil             # reference transforms / DataLoader benchmark
 )
 missing=()
 for p in "${PKGS[@]}"; do
