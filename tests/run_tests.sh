@@ -23,7 +23,7 @@ add_result() { # parse a RESULT line from file $1; a missing line counts as one 
 }
 
 # 1. Reference fixtures (PyTorch). Missing torch/scipy -> the golden tests skip and say why.
-if $PY -c 'import torch, scipy' 2>/dev/null; then
+if $PY -c 'import torch, scipy, torchvision, PIL' 2>/dev/null; then
     echo "== generating reference fixtures with $PY (torch $($PY -c 'import torch; print(torch.__version__)'))"
     rm -rf "$DETR_FIXTURES"
     if ! OMP_NUM_THREADS=2 $PY tests/ref/make_fixtures.py --out "$DETR_FIXTURES" >"$log/fixtures.log" 2>&1; then
@@ -34,12 +34,15 @@ if $PY -c 'import torch, scipy' 2>/dev/null; then
        ! OMP_NUM_THREADS=2 $PY tests/ref/gen_criterion_cases.py "$DETR_FIXTURES/criterion_cases.json" >>"$log/fixtures.log" 2>&1; then
         echo "FAIL matcher/criterion fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
     fi
+    if ! $PY tests/ref/gen_transform_cases.py --out "$DETR_FIXTURES/transforms" >>"$log/fixtures.log" 2>&1; then
+        echo "FAIL transform/decode fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
+    fi
     $PY tests/ref/check_reference.py >"$log/check_reference.log" 2>&1
     echo "== check_reference.py (self-check of the PyTorch reference)"
     grep -E '^(FAIL|skip) ' "$log/check_reference.log" || true
     add_result "$log/check_reference.log"
 else
-    echo "skip: /usr/bin/python3 lacks torch or scipy (run scripts/setup.sh); golden tests will skip"
+    echo "skip: /usr/bin/python3 lacks torch, scipy, torchvision or PIL (run scripts/setup.sh); fixture-based tests will skip"
 fi
 
 # 2. C test programs.
