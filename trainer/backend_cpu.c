@@ -105,7 +105,10 @@ static void cpu_channel_affine_backward(const float *dy, const float *y, const f
         if (relu) {
             const float *yc = y + (size_t)c * N;
 #pragma omp simd
-            for (size_t i = lo; i < hi; i++) dxc[i] += yc[i] > 0.0f ? dyc[i] * a : 0.0f;
+            for (size_t i = lo; i < hi; i++) {
+                const float g = dyc[i] * a; /* loaded unconditionally, so the select vectorises */
+                dxc[i] += yc[i] > 0.0f ? g : 0.0f;
+            }
         } else {
 #pragma omp simd
             for (size_t i = lo; i < hi; i++) dxc[i] += dyc[i] * a;
@@ -126,7 +129,10 @@ static void cpu_relu_backward(const float *dy, const float *y, float *dx, size_t
     if (!dx) return;
     long nn = (long)n;
 #pragma omp parallel for simd if (nn > CPU_PAR_MIN)
-    for (long i = 0; i < nn; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+    for (long i = 0; i < nn; i++) {
+        const float g = dy[i]; /* loaded unconditionally, so the select vectorises */
+        dx[i] += y[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 static void cpu_add(const float *a, const float *b, float *y, size_t n) {
@@ -183,16 +189,20 @@ CPU_HOT void cpu_dropout_span(const float *x, float *y, size_t n, uint64_t first
                               uint64_t seed) {
     const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp simd
-    for (size_t e = 0; e < n; e++)
-        y[e] = rng_uniform(seed, first + e) >= p ? x[e] * keep_scale : 0.0f;
+    for (size_t e = 0; e < n; e++) {
+        const float kept = x[e] * keep_scale;
+        y[e] = rng_uniform(seed, first + e) >= p ? kept : 0.0f;
+    }
 }
 
 CPU_HOT void cpu_dropout_span_add(const float *dy, float *dx, size_t n, uint64_t first, float p,
                                   uint64_t seed) {
     const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp simd
-    for (size_t e = 0; e < n; e++)
-        dx[e] += rng_uniform(seed, first + e) >= p ? dy[e] * keep_scale : 0.0f;
+    for (size_t e = 0; e < n; e++) {
+        const float kept = dy[e] * keep_scale;
+        dx[e] += rng_uniform(seed, first + e) >= p ? kept : 0.0f;
+    }
 }
 
 static void cpu_dropout_forward(const float *x, float *y, size_t n, float p, uint64_t seed) {

@@ -49,15 +49,20 @@ void cpu_attention_forward(const AttnShape *s, const float *q, const float *k, c
                         k + (size_t)b * Sk * s->ldk + (size_t)h * dh, s->ldk, 0.0f,
                         probs + ((size_t)b * H + h) * block, Sk);
 
+    const size_t n_bias = key_padding_mask ? (size_t)B * Sk : 0;
+    float *ws = cpu_workspace(n_bias + (s->dropout > 0.0f ? block : 0));
+    float *mask_bias = key_padding_mask ? ws : NULL;            /* [B, Sk]: 0 or -inf */
+    float *dropped = s->dropout > 0.0f ? ws + n_bias : NULL;  /* [Sq, Sk] */
+    for (size_t e = 0; e < n_bias; e++) mask_bias[e] = key_padding_mask[e] ? -INFINITY : 0.0f;
+
     const long rows = (long)B * H * Sq;
 #pragma omp parallel for schedule(static) if ((size_t)rows * Sk > CPU_PAR_MIN / 4)
     for (long r = 0; r < rows; r++) {
         const int b = (int)(r / ((long)H * Sq));
         cpu_softmax_row_inplace(probs + (size_t)r * Sk, Sk,
-                                key_padding_mask ? key_padding_mask + (size_t)b * Sk : NULL);
+                                mask_bias ? mask_bias + (size_t)b * Sk : NULL);
     }
 
-    float *dropped = s->dropout > 0.0f ? cpu_workspace(block) : NULL; /* [Sq, Sk] */
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const size_t base = ((size_t)b * H + h) * block;
@@ -80,8 +85,10 @@ CPU_HOT static void scores_grad_row(float *g, const float *pr, int Sk, uint64_t 
     if (p > 0.0f) {
         const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp simd
-        for (int j = 0; j < Sk; j++)
-            g[j] = rng_uniform(seed, row_base + (uint64_t)j) >= p ? g[j] * keep_scale : 0.0f;
+        for (int j = 0; j < Sk; j++) {
+            const float kept = g[j] * keep_scale;
+            g[j] = rng_uniform(seed, row_base + (uint64_t)j) >= p ? kept : 0.0f;
+        }
     }
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)

@@ -159,38 +159,29 @@ void cpu_layernorm_backward(const float *dy, const float *x, const float *mean, 
 /* ------------------------------------------------------------------------------------------ */
 /* softmax over rows                                                                          */
 
-CPU_HOT void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask) {
+CPU_HOT void cpu_softmax_row_inplace(float *row, int N, const float *bias) {
     float mx = -INFINITY;
-    if (mask) {
+    if (bias) {
 #pragma omp simd reduction(max : mx)
         for (int j = 0; j < N; j++) {
-            float v = row[j];
-            v = mask[j] ? -INFINITY : v;
+            const float v = row[j] + bias[j];
+            row[j] = v;
             mx = v > mx ? v : mx;
         }
     } else {
 #pragma omp simd reduction(max : mx)
         for (int j = 0; j < N; j++) mx = row[j] > mx ? row[j] : mx;
     }
-    if (mx == -INFINITY) { /* every entry excluded (or -inf): no distribution, all zeros */
+    if (mx == -INFINITY) { /* every entry excluded: no distribution, all zeros */
         for (int j = 0; j < N; j++) row[j] = 0.0f;
         return;
     }
     float sum = 0.0f;
-    if (mask) {
 #pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < N; j++) {
-            const float e = mask[j] ? 0.0f : cpu_expf(row[j] - mx);
-            row[j] = e;
-            sum += e;
-        }
-    } else {
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < N; j++) {
-            const float e = cpu_expf(row[j] - mx);
-            row[j] = e;
-            sum += e;
-        }
+    for (int j = 0; j < N; j++) { /* excluded entries exactly 0 (cpu_expf(-inf) is ~1e-38) */
+        const float e = row[j] == -INFINITY ? 0.0f : cpu_expf(row[j] - mx);
+        row[j] = e;
+        sum += e;
     }
     const float inv = 1.0f / sum;
 #pragma omp simd

@@ -18,9 +18,10 @@
  * microseconds, more than the work itself. */
 #define CPU_PAR_MIN 16384
 
-/* Grow-only scratch buffer charged to MEM_WORKSPACE, kept between calls (never shrinks, freed at
- * exit). One buffer for the whole backend: ops run one at a time on the model thread, and no op
- * holds it across calls. Returns at least nfloats floats, 64-byte aligned, contents undefined. */
+/* Grow-only scratch buffer charged to MEM_WORKSPACE, kept between calls (never shrinks; lives
+ * until the process exits). One buffer for the whole backend: ops run one at a time on the model
+ * thread, and no op holds it across calls. Returns at least nfloats floats, 64-byte aligned,
+ * contents undefined. Not thread-safe. */
 float *cpu_workspace(size_t nfloats);
 
 /* The backend never inspects floating-point exception flags. Without this, gcc keeps the clamps
@@ -57,15 +58,20 @@ static inline float cpu_expf(float x) {
     return p * two_n.f;
 }
 
-/* Compute-bound inner loops (exp, the dropout hash) are compiled for several instruction sets
- * and the loader picks the best one the CPU has (GNU ifunc). The build itself targets plain
- * x86-64 (SSE2), where for instance the 64-bit multiplies of the dropout hash do not vectorise;
- * with AVX-512 that loop runs ~12x faster, softmax rows ~4x. Results differ between the clones
- * only in the order of float additions (no FMA contraction in ISO C mode). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* Compute-bound inner loops (exp, the dropout hash) of a portable build (plain x86-64, SSE2:
+ * `make ARCH=`) are compiled for several instruction sets and the loader picks the best one the
+ * CPU has (GNU ifunc); with SSE2 alone the 64-bit multiplies of the dropout hash do not
+ * vectorise, and AVX-512 runs that loop ~12x and softmax rows ~4x faster. A build for the
+ * machine itself (-march=native, the Makefile default) already has its best instructions, and
+ * there clones would hurt: the inline helpers (cpu_expf) carry the native target options, which
+ * a clone's target does not include, so gcc refuses to inline them and the loops stop
+ * vectorising (measured 10x slower). Clones differ only in the order of float additions. */
+#ifndef CPU_HOT /* -DCPU_HOT= turns the clones off, e.g. to test the baseline on an AVX-512 CPU */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX2__)
 #define CPU_HOT __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
 #else
 #define CPU_HOT
+#endif
 #endif
 
 /* Elements per work item when a threaded loop is split into contiguous spans. */
@@ -84,8 +90,8 @@ void cpu_conv2d_forward(const ConvShape *s, const float *x, const float *w, cons
 void cpu_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx);
 void cpu_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
                                 float *dbias);
-/* Upper bound on the im2col buffer in floats (0 = the default, 128 MiB); above it the batch is
- * split into groups of whole images. Only tests change it, to reach the split path. */
+/* Size of an im2col chunk in floats (0 = the default, 8 MiB); a chunk holds at least one output
+ * row. Only tests change it, to reach chunk boundaries inside and across images. */
 void cpu_conv_set_col_limit(size_t floats);
 void cpu_maxpool_forward(const PoolShape *s, const float *x, float *y, int32_t *argmax);
 void cpu_maxpool_backward(const PoolShape *s, const float *dy, const int32_t *argmax, float *dx);
@@ -106,9 +112,10 @@ void cpu_layernorm_backward(const float *dy, const float *x, const float *mean, 
                             int D);
 void cpu_softmax_forward(const float *x, float *y, int R, int N);
 void cpu_softmax_backward(const float *dy, const float *y, float *dx, int R, int N);
-/* Softmax of one row in place; mask (may be NULL) 1 = excluded (probability 0). A row with every
- * entry excluded becomes all zeros. */
-void cpu_softmax_row_inplace(float *row, int N, const uint8_t *mask);
+/* Softmax of one row in place after adding bias [N] (NULL = none; entries 0 or -inf, -inf =
+ * excluded, probability exactly 0). A row with every entry excluded becomes all zeros. An
+ * additive float bias rather than a uint8 mask: the mixed-width loop ran ~10x slower. */
+void cpu_softmax_row_inplace(float *row, int N, const float *bias);
 /* Adds to dx [N] the softmax backward of one row: dx += y * (dy - sum(dy*y)). */
 void cpu_softmax_row_backward(const float *dy, const float *y, float *dx, int N);
 

@@ -601,15 +601,16 @@ static void test_maxpool(int C, int B, int H, int W, int k, int stride, int pad,
     free(x), free(dy), free(dx0), free(yref), free(dxref), free(aref), free(arg);
 }
 
-/* All-equal input: every window's first element (in row-major order, padding skipped) wins. */
-static void test_maxpool_ties(void) {
-    PoolShape s = {.C = 2, .B = 1, .H = 5, .W = 6, .k = 3, .stride = 2, .pad = 1};
+/* Many ties: values from {0, 1, 2} (or all equal). The first maximum in row-major window order
+ * must win, as in PyTorch, whatever the window is clipped to. */
+static void test_maxpool_ties(int C, int B, int H, int W, int k, int stride, int pad, int levels) {
+    PoolShape s = {.C = C, .B = B, .H = H, .W = W, .k = k, .stride = stride, .pad = pad};
     pool_shape_init(&s);
-    const size_t nx = 60, ny = (size_t)2 * s.Ho * s.Wo;
-    float x[60];
-    for (int i = 0; i < 60; i++) x[i] = 1.5f;
-    double yref[64];
-    int32_t aref[64], arg[64];
+    const size_t nx = (size_t)C * B * H * W, ny = (size_t)C * B * s.Ho * s.Wo;
+    float *x = malloc(nx * sizeof(float));
+    for (size_t i = 0; i < nx; i++) x[i] = (float)irand(levels) - 1.0f;
+    double *yref = host_zeros_d(ny);
+    int32_t *aref = malloc(ny * sizeof(int32_t)), *arg = malloc(ny * sizeof(int32_t));
     maxpool_ref(&s, x, yref, aref);
     Buf X = buf_from(x, nx), Y = buf_new(ny);
     ByteBuf A = bytebuf_new(ny * sizeof(int32_t));
@@ -617,9 +618,15 @@ static void test_maxpool_ties(void) {
     be->download(arg, A.d, ny * sizeof(int32_t));
     size_t wrong = 0;
     for (size_t o = 0; o < ny; o++) wrong += arg[o] != aref[o];
-    CHECK("maxpool ties: the first maximum wins (PyTorch)", wrong == 0, "%zu argmax differ", wrong);
+    char tag[160];
+    snprintf(tag, sizeof tag, "C%d B%d %dx%d k%d s%d p%d, %d distinct values", C, B, H, W, k, stride,
+             pad, levels);
+    expect_close(nm("maxpool_forward ties %s", tag), Y, NULL, yref, 0);
+    CHECK(nm("maxpool_forward ties: the first maximum wins (PyTorch) %s", tag),
+          wrong == 0 && bytebuf_guards_ok(A), "%zu of %zu argmax indices differ", wrong, ny);
     buf_free(X), buf_free(Y);
     be->free_bytes(A.base);
+    free(x), free(yref), free(aref), free(arg);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -762,15 +769,21 @@ static void test_convs(void) {
         {2, 24, 17, 15, 32, 1, 1, 2, 0, 1, 1, 0}, /* threaded 1x1 stride 2 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_conv(&cases[i], "");
-    /* The batch split used for huge column matrices, forced with a tiny limit: one image per
-     * group, each group writing its own slice of y / dy. */
-    cpu_conv_set_col_limit(1);
+    /* Column chunks of a few output rows, forced with small limits: chunk boundaries inside an
+     * image and across images, each chunk writing its own columns of y / reading its own of dy. */
     static const ConvCase split[] = {
         {3, 4, 9, 11, 5, 3, 3, 1, 1, 1, 1, 1},
         {3, 5, 8, 7, 6, 1, 1, 2, 0, 1, 1, 0},
         {2, 3, 13, 10, 5, 7, 7, 2, 3, 1, 0, 0},
+        {3, 2, 10, 12, 3, 3, 3, 2, 1, 2, 1, 0},
     };
-    for (size_t i = 0; i < sizeof split / sizeof split[0]; i++) test_conv(&split[i], " (1 image/group)");
+    static const int rows_per_chunk[] = {1, 4, 7};
+    for (size_t r = 0; r < sizeof rows_per_chunk / sizeof rows_per_chunk[0]; r++)
+        for (size_t i = 0; i < sizeof split / sizeof split[0]; i++) {
+            ConvShape s = conv_case_shape(&split[i]);
+            cpu_conv_set_col_limit((size_t)s.Cin * s.kh * s.kw * s.Wo * rows_per_chunk[r]);
+            test_conv(&split[i], nm(" (%d output rows/chunk)", rows_per_chunk[r]));
+        }
     cpu_conv_set_col_limit(0);
 }
 
@@ -1203,6 +1216,18 @@ static void test_attention(const AttnCase *ac) {
     be->attention_forward(&s, q->buf.d + q->off, k->buf.d + k->off, v->buf.d + v->off, md, P.d, O.d);
     expect_close(nm("attention_forward probs (before dropout) %s", tag), P, NULL, pref, TOL_FWD);
     expect_close(nm("attention_forward out %s", tag), O, NULL, oref, TOL_FWD);
+    if (ac->mask) { /* padded keys get exactly zero probability, not merely a tiny one */
+        float *ph = malloc(np * sizeof(float));
+        buf_get(P, ph);
+        size_t nonzero = 0;
+        for (size_t e = 0; e < np; e++) {
+            size_t j = e % s.Sk, b = e / ((size_t)s.H * s.Sq * s.Sk);
+            nonzero += mask[b * s.Sk + j] && ph[e] != 0.0f;
+        }
+        CHECK(nm("attention_forward padded keys have probability exactly 0 %s", tag), nonzero == 0,
+              "%zu probabilities of padded keys are not 0", nonzero);
+        free(ph);
+    }
     be->attention_backward(&s, DO.d, q->buf.d + q->off, k->buf.d + k->off, v->buf.d + v->off, P.d,
                            q->grad.d + q->off, k->grad.d + k->off, v->grad.d + v->off);
     static const char *names[3] = {"dq", "dk", "dv"};
@@ -1250,6 +1275,7 @@ static void test_attentions(void) {
         {3, 6, 6, 6, 3, 1, 0, 0, 0, 2, 0.2f, 1},   /* packed, batch 0 fully padded, dropout */
         {2, 50, 64, 64, 8, 0, 64, 0, 16, 1, 0.1f, 0}, /* threaded softmax / dropout loops */
         {2, 40, 40, 32, 4, 1, 0, 0, 0, 2, 0.1f, 0},   /* batch 0 fully padded */
+        {1, 100, 120, 16, 2, 0, 0, 0, 0, 1, 0.2f, 0}, /* a (b, h) block spans several work items */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         AttnCase c = cases[i];
@@ -1359,7 +1385,13 @@ int main(void) {
     test_maxpool(3, 3, 8, 6, 2, 2, 0, 1);
     test_maxpool(2, 3, 6, 7, 3, 1, 1, 1);
     test_maxpool(16, 3, 33, 30, 3, 2, 1, 0); /* threaded */
-    test_maxpool_ties();
+    test_maxpool(4, 2, 9, 40, 3, 1, 1, 0);   /* wide rows: vectorised interior */
+    test_maxpool(2, 2, 11, 13, 5, 3, 2, 1);  /* k5 s3 p2 */
+    test_maxpool_ties(2, 1, 5, 6, 3, 2, 1, 1);
+    test_maxpool_ties(3, 2, 9, 11, 3, 2, 1, 3);
+    test_maxpool_ties(2, 3, 8, 37, 3, 1, 1, 3);
+    test_maxpool_ties(2, 2, 10, 10, 2, 2, 0, 2);
+    test_maxpool_ties(2, 2, 12, 9, 5, 2, 2, 3);
     test_convs();
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) test_gemm(ta, tb, 7, 9, 5, 3, 0.7f, 0.4f);
