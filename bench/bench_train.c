@@ -8,7 +8,7 @@
 #include "cli.h"
 #include "detr.h"
 #include "runtime.h"
-#include "synth.h"
+#include "synth_batch.h"
 #include "timer.h"
 #include "train.h"
 

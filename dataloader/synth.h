@@ -19,7 +19,7 @@
  * Everything is a pure function of the seed: image i of a split is drawn from
  * rng_hash64(seed, split, i), so the output is byte-identical whatever the number of threads.
  *
- * Not to be confused with trainer/synth.h (in-memory batches used before the loader existed):
+ * Not to be confused with trainer/synth_batch.h (in-memory batches used before the loader existed):
  * include this one as "../../dataloader/synth.h" from outside dataloader/. */
 #ifndef DETR_DATALOADER_SYNTH_H
 #define DETR_DATALOADER_SYNTH_H

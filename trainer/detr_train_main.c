@@ -5,7 +5,8 @@
  *    --dump-grads G [--steps K]: one forward, loss and backward; G receives every loss term and
  *    grad.<name> of every trainable parameter, and with --steps K, param.<name> after K AdamW
  *    steps on that batch.
- *  - training on generated in-memory synthetic batches (until the data loader lands). */
+ *  - training on a COCO-format dataset through the data loader (--data DIR, or --ann/--images;
+ *    default: the embedded synthetic dataset, generated on first use into the cache). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 #include "golden.h"
 #include "mem.h"
 #include "runtime.h"
-#include "synth.h"
+#include "train_loop.h"
 #include "targets.h"
 #include "train.h"
 #include "weights.h"
@@ -24,59 +25,73 @@
 static const char *USAGE =
     "usage: detr-train [options]\n"
     "Trains DETR (ResNet backbone + transformer, Hungarian matching, set loss, AdamW) on the CPU.\n"
-    "Without --inputs it trains on generated synthetic batches (--steps, --batch, --image-size)\n"
-    "and writes OUT/model.safetensors and OUT/train.jsonl. With --inputs/--targets/--dump-grads it\n"
-    "runs the golden check: loss terms and gradients (and parameters after --steps K) to G.\n"
+    "Trains on a COCO-format dataset (--data DIR with annotations/instances_train*.json and\n"
+    "train*/, or --ann FILE --images DIR; default: the embedded synthetic dataset) and writes\n"
+    "OUT/model.safetensors and OUT/train.jsonl. With --inputs/--targets/--dump-grads it runs the\n"
+    "golden check: loss terms and gradients (and parameters after --steps K) to G.\n"
     "Exit codes: 0 ok, 1 failure (e.g. non-finite loss), 2 bad usage or input, 3 out of memory\n"
     "budget (--mem-limit).";
 
 typedef struct {
-    const char *weights, *inputs, *targets, *dump_grads, *out;
-    int steps, batch, image_size, threads, log_every, version, max_objects;
-    uint64_t seed;
-    size_t mem_limit;
-    OptimConfig oc;
+    const char *weights, *inputs, *targets, *dump_grads;
+    int threads, version;
+    size_t mem_limit, max_pixels;
+    TrainLoopConfig tl;
     ModelOptions mo;
     int set_steps;
 } Args;
 
 static int parse_args(int argc, char **argv, Args *a) {
     memset(a, 0, sizeof(*a));
-    optim_config_default(&a->oc);
-    a->steps = 100;
-    a->batch = 8;
-    a->image_size = 128;
-    a->log_every = 10;
-    a->seed = 42;
-    a->out = "out";
-    a->max_objects = 2;
-    CliOption o[48] = {
+    TrainLoopConfig *t = &a->tl;
+    optim_config_default(&t->oc);
+    t->batch = 2;
+    t->epochs = 1;
+    t->workers = 2;
+    t->prefetch = 2;
+    t->log_every = 10;
+    t->seed = 42;
+    t->out = "out";
+    CliOption o[64] = {
         {"weights", OPT_STR, &a->weights, "FILE", "initial weights (safetensors); shape inferred", NULL},
         {"inputs", OPT_STR, &a->inputs, "FILE", "golden mode: images/mask safetensors", NULL},
         {"targets", OPT_STR, &a->targets, "FILE", "golden mode: targets JSON (list of {labels, boxes})", NULL},
         {"dump-grads", OPT_STR, &a->dump_grads, "FILE", "golden mode: write losses, grads (and params) here", NULL},
-        {"steps", OPT_INT, &a->steps, "N", "training steps (golden mode: AdamW steps, default 0)", &a->set_steps},
-        {"batch", OPT_INT, &a->batch, "N", "images per step (default 8)", NULL},
-        {"image-size", OPT_INT, &a->image_size, "N", "synthetic image side in pixels (default 128)", NULL},
-        {"max-objects", OPT_INT, &a->max_objects, "N", "synthetic objects per image, 1..N (default 2)", NULL},
-        {"lr", OPT_FLOAT, &a->oc.lr, "LR", "learning rate (default 1e-4)", NULL},
-        {"lr-backbone", OPT_FLOAT, &a->oc.lr_backbone, "LR", "backbone learning rate (default 1e-5; 0 freezes it)", NULL},
-        {"weight-decay", OPT_FLOAT, &a->oc.weight_decay, "W", "AdamW weight decay (default 1e-4)", NULL},
-        {"clip", OPT_FLOAT, &a->oc.clip, "N", "gradient clipping max norm (default 0.1; 0 disables)", NULL},
-        {"seed", OPT_U64, &a->seed, "N", "seed of initialisation, data and dropout (default 42)", NULL},
+        {"data", OPT_STR, &t->data, "DIR", "COCO-format dataset folder (default: embedded synthetic set)", NULL},
+        {"ann", OPT_STR, &t->ann, "FILE", "instances JSON (with --images, instead of --data)", NULL},
+        {"images", OPT_STR, &t->images, "DIR", "image folder of --ann", NULL},
+        {"cache", OPT_STR, &t->cache, "DIR", "index cache folder (default $XDG_CACHE_HOME/detr)", NULL},
+        {"workers", OPT_INT, &t->workers, "N", "data loader threads (default 2)", NULL},
+        {"prefetch", OPT_INT, &t->prefetch, "K", "batches prepared ahead (default 2)", NULL},
+        {"scales", OPT_STR, &t->scales, "LIST", "train resize scales (default 480,512,...,800)", NULL},
+        {"max-size", OPT_INT, &t->max_size, "N", "longest side after resizing (default 1333)", NULL},
+        {"group-by-aspect", OPT_FLAG, &t->group_by_aspect, NULL, "batch images of similar aspect ratio", NULL},
+        {"strict", OPT_FLAG, &t->strict, NULL, "stop at the first unreadable sample (default: skip it)", NULL},
+        {"max-pixels", OPT_SIZE, &a->max_pixels, "N", "refuse images above N pixels (default 100M)", NULL},
+        {"epochs", OPT_INT, &t->epochs, "N", "epochs (default 1)", NULL},
+        {"steps", OPT_INT, &t->steps, "N", "stop after N steps (golden mode: AdamW steps, default 0)", &a->set_steps},
+        {"batch", OPT_INT, &t->batch, "N", "images per step (default 2, as the reference)", NULL},
+        {"lr", OPT_FLOAT, &t->oc.lr, "LR", "learning rate (default 1e-4)", NULL},
+        {"lr-backbone", OPT_FLOAT, &t->oc.lr_backbone, "LR", "backbone learning rate (default 1e-5; 0 freezes it)", NULL},
+        {"lr-drop", OPT_INT, &t->oc.lr_drop, "N", "multiply the learning rates by 0.1 every N epochs (default 200)", NULL},
+        {"weight-decay", OPT_FLOAT, &t->oc.weight_decay, "W", "AdamW weight decay (default 1e-4)", NULL},
+        {"clip", OPT_FLOAT, &t->oc.clip, "N", "gradient clipping max norm (default 0.1; 0 disables)", NULL},
+        {"seed", OPT_U64, &t->seed, "N", "seed of initialisation, data order, augmentation, dropout (default 42)", NULL},
         {"mem-limit", OPT_SIZE, &a->mem_limit, "BYTES", "memory budget, e.g. 2G; beyond it: exit code 3", NULL},
         {"threads", OPT_INT, &a->threads, "N", "CPU threads (default: all cores)", NULL},
-        {"log-every", OPT_INT, &a->log_every, "N", "print a progress line every N steps (default 10)", NULL},
-        {"out", OPT_STR, &a->out, "DIR", "output folder (default out)", NULL},
+        {"log-every", OPT_INT, &t->log_every, "N", "print a progress line every N steps (default 10)", NULL},
+        {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 18;
+    int n = 29;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
-    if (a->inputs && !a->set_steps) a->steps = 0;
-    if (a->steps < 0 || a->batch < 1 || a->image_size < 32 || a->max_objects < 1) {
-        fprintf(stderr, "error: --steps must be >= 0, --batch >= 1, --image-size >= 32, --max-objects >= 1\n");
+    if (a->inputs && !a->set_steps) t->steps = 0;
+    t->max_pixels = (int64_t)a->max_pixels;
+    if (t->steps < 0 || t->batch < 1 || t->epochs < 1 || t->workers < 1 || t->prefetch < 1 || t->log_every < 1) {
+        fprintf(stderr, "error: --steps must be >= 0; --batch, --epochs, --workers, --prefetch and "
+                "--log-every >= 1\n");
         return -1;
     }
     if (a->inputs && (!a->targets || !a->dump_grads || !a->weights)) {
@@ -86,11 +101,13 @@ static int parse_args(int argc, char **argv, Args *a) {
     return 0;
 }
 
-static Detr *build_model(const Args *a) {
+/* num_classes: from the weights, else --num-classes, else the dataset (0 = none). */
+static Detr *build_model(const Args *a, int dataset_classes) {
     DetrConfig cfg;
     if (cli_model_resolve(&a->mo, a->weights, &cfg) != 0) return NULL;
-    Detr *m = detr_create(&cfg, backend_cpu(), a->oc.lr_backbone > 0);
-    detr_init(m, a->seed);
+    if (!a->weights && !a->mo.set_classes && dataset_classes > 0) cfg.num_classes = dataset_classes;
+    Detr *m = detr_create(&cfg, backend_cpu(), a->tl.oc.lr_backbone > 0);
+    detr_init(m, a->tl.seed);
     if (a->weights) {
         char err[16384];
         if (weights_load(m, a->weights, err, sizeof(err)) != 0) {
@@ -134,12 +151,12 @@ static int run_golden(const Args *a, Detr *m) {
     ImageTargets *t = calloc((size_t)in.B, sizeof(ImageTargets));
     for (int b = 0; b < in.B; b++) t[b] = (ImageTargets){owned[b].n, owned[b].labels, owned[b].boxes};
     Trainer tr;
-    trainer_init(&tr, m, &a->oc);
+    trainer_init(&tr, m, &a->tl.oc);
     StWriter *w = st_writer_new();
     int rc = 0;
     /* forward, loss and backward without dropout; gradients before clipping */
     params_zero_grad(&m->ps);
-    detr_forward(m, in.images, in.mask, in.B, in.H, in.W, 0, a->seed);
+    detr_forward(m, in.images, in.mask, in.B, in.H, in.W, 0, a->tl.seed);
     DetrLosses losses;
     if (detr_loss_backward(m, t, &tr.lw, 1, 1.0, &losses, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: %s\n", err);
@@ -148,16 +165,16 @@ static int run_golden(const Args *a, Detr *m) {
     }
     golden_add_losses(w, &losses);
     add_params(w, m, "grad.", 1);
-    for (int k = 0; k < a->steps; k++) {
+    for (int k = 0; k < a->tl.steps; k++) {
         StepResult res; /* a full training step; golden mode defaults to --dropout 0 */
-        if (trainer_step(&tr, in.images, in.mask, t, in.B, in.H, in.W, a->oc.lr, a->oc.lr_backbone,
-                         a->seed, &res, err, sizeof(err)) != 0) {
+        if (trainer_step(&tr, in.images, in.mask, t, in.B, in.H, in.W, a->tl.oc.lr,
+                         a->tl.oc.lr_backbone, a->tl.seed, &res, err, sizeof(err)) != 0) {
             fprintf(stderr, "error: %s\n", err);
             rc = 1;
             goto done;
         }
     }
-    if (a->steps > 0) add_params(w, m, "param.", 0);
+    if (a->tl.steps > 0) add_params(w, m, "param.", 0);
     if (st_writer_save(w, a->dump_grads, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: %s\n", err);
         rc = 1;
@@ -168,81 +185,6 @@ done:
     free(t);
     targets_free(owned, in.B);
     golden_free_inputs(&in);
-    return rc;
-}
-
-static int ensure_dir(const char *dir) {
-    struct stat st;
-    if (stat(dir, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : -1;
-    return mkdir(dir, 0755);
-}
-
-static int run_synthetic(const Args *a, Detr *m) {
-    char err[16384], path[4096];
-    if (ensure_dir(a->out) != 0) {
-        fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", a->out);
-        return 2;
-    }
-    snprintf(path, sizeof(path), "%s/train.jsonl", a->out);
-    FILE *log = fopen(path, "w");
-    if (!log) {
-        fprintf(stderr, "error: cannot write %s\n", path);
-        return 2;
-    }
-    const DetrConfig *c = &m->cfg;
-    printf("detr-train: ResNet-%d, hidden %d, %d heads, %d+%d layers, FFN %d, %d queries, %d classes, "
-           "%zu trainable parameters\n", c->depth, c->hidden, c->nheads, c->enc_layers, c->dec_layers,
-           c->ffn, c->queries, c->num_classes, detr_num_trainable(m));
-    printf("data: synthetic in-memory batches of %d images of up to %dx%d, 1-%d objects\n", a->batch,
-           a->image_size, a->image_size, a->max_objects);
-    SynthBatch sb;
-    synth_batch_alloc(&sb, a->batch, a->image_size, a->image_size, a->max_objects);
-    Trainer tr;
-    trainer_init(&tr, m, &a->oc);
-    int rc = 0;
-    double ema = 0, total_time = 0;
-    for (int s = 0; s < a->steps; s++) {
-        synth_batch_fill(&sb, a->seed, (uint64_t)s * a->batch, c->num_classes, a->max_objects, 0);
-        StepResult res;
-        if (trainer_step(&tr, sb.images, sb.mask, sb.targets, sb.B, sb.H, sb.W, a->oc.lr,
-                         a->oc.lr_backbone, rng_hash64(a->seed, 0x5eed0000u + s), &res, err,
-                         sizeof(err)) != 0) {
-            fprintf(stderr, "error: training stopped: %s\n", err);
-            rc = 1;
-            break;
-        }
-        double loss = res.losses.total;
-        ema = s ? 0.9 * ema + 0.1 * loss : loss;
-        total_time += res.seconds;
-        MemStats ms = mem_stats();
-        const LayerLosses *fin = &res.losses.layer[res.losses.L - 1];
-        fprintf(log, "{\"step\":%d,\"loss\":%.6f,\"loss_ce\":%.6f,\"loss_bbox\":%.6f,\"loss_giou\":%.6f,"
-                "\"class_error\":%.3f,\"grad_norm\":%.6f,\"seconds\":%.4f,\"images_per_s\":%.3f,"
-                "\"mem_peak_bytes\":%zu}\n", s + 1, loss, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
-                fin->class_error, res.grad_norm, res.seconds, a->batch / res.seconds, ms.total_peak);
-        if ((s + 1) % a->log_every == 0 || s == 0 || s + 1 == a->steps) {
-            double eta = total_time / (s + 1) * (a->steps - s - 1);
-            printf("step %5d/%d  loss %.4f (avg %.4f)  ce %.3f  l1 %.3f  giou %.3f  %.1f img/s  "
-                   "ETA %.0fs  mem peak %.1f MiB\n", s + 1, a->steps, loss, ema, fin->loss_ce,
-                   fin->loss_bbox, fin->loss_giou, a->batch / res.seconds, eta,
-                   ms.total_peak / 1048576.0);
-            fflush(stdout);
-        }
-    }
-    fclose(log);
-    if (rc == 0 && a->steps > 0) {
-        printf("trained %d steps in %.1f s (%.2f images/s)\n", a->steps, total_time,
-               a->steps * a->batch / total_time);
-        snprintf(path, sizeof(path), "%s/model.safetensors", a->out);
-        if (weights_save(m, path, err, sizeof(err)) != 0) {
-            fprintf(stderr, "error: %s\n", err);
-            rc = 1;
-        } else {
-            printf("weights: %s\nlog: %s/train.jsonl\n", path, a->out);
-        }
-    }
-    trainer_free(&tr);
-    synth_batch_free(&sb);
     return rc;
 }
 
@@ -258,9 +200,26 @@ int main(int argc, char **argv) {
     if (runtime_init(a.threads) != 0) return 2;
     if (a.mem_limit) mem_set_limit(a.mem_limit);
     if (a.inputs && !a.mo.set_dropout) a.mo.dropout = 0, a.mo.set_dropout = 1; /* golden: no dropout */
-    Detr *m = build_model(&a);
-    if (!m) return 2;
-    rc = a.inputs ? run_golden(&a, m) : run_synthetic(&a, m);
+    if (a.inputs) {
+        Detr *m = build_model(&a, 0);
+        if (!m) return 2;
+        rc = run_golden(&a, m);
+        detr_destroy(m);
+        return rc;
+    }
+    char err[8192];
+    Dataset ds;
+    if (train_open_dataset(&a.tl, &ds, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return 2;
+    }
+    Detr *m = build_model(&a, ds.num_classes);
+    if (!m) {
+        dataset_close(&ds);
+        return 2;
+    }
+    rc = train_on_dataset(&a.tl, m, &ds);
     detr_destroy(m);
+    dataset_close(&ds);
     return rc;
 }

@@ -1,8 +1,9 @@
-/* synth.h - in-memory synthetic detection batches (until the data loader exists): each image is
- * a noisy background with 1..max_objects filled rectangles whose colour encodes the class.
+/* synth_batch.h - in-memory synthetic detection batches of a fixed size, for measuring the model
+ * alone (bench/bench_train.c) without the data loader: each image is a noisy background with
+ * 1..max_objects filled rectangles whose colour encodes the class.
  * Every draw is a pure function of (seed, sample index), so batches are reproducible. */
-#ifndef DETR_SYNTH_H
-#define DETR_SYNTH_H
+#ifndef DETR_SYNTH_BATCH_H
+#define DETR_SYNTH_BATCH_H
 #include <stdint.h>
 #include "matcher.h"
 

@@ -1,5 +1,5 @@
-/* synth.c - see synth.h */
-#include "synth.h"
+/* synth_batch.c - see synth_batch.h */
+#include "synth_batch.h"
 #include <stdlib.h>
 #include <string.h>
 #include "mem.h"

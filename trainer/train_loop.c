@@ -1,0 +1,181 @@
+/* train_loop.c - see train_loop.h */
+#include "train_loop.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "../dataloader/loader.h"
+#include "../dataloader/synth.h"
+#include "mem.h"
+#include "timer.h"
+#include "train.h"
+#include "weights.h"
+
+int train_open_dataset(const TrainLoopConfig *c, Dataset *ds, char *err, size_t errlen) {
+    char ann[4096], images[4096], dir[4096];
+    if (c->ann || c->images) {
+        if (!c->ann || !c->images) {
+            snprintf(err, errlen, "--ann and --images go together (the instances JSON and its image folder)");
+            return -1;
+        }
+        return dataset_open(c->ann, c->images, c->cache, ds, err, errlen);
+    }
+    const char *root = c->data;
+    if (!root) {
+        if (synth_dataset_default(dir, sizeof(dir), err, errlen) != 0) return -1;
+        root = dir;
+    }
+    if (dataset_find(root, "train", ann, sizeof(ann), images, sizeof(images), err, errlen) != 0) return -1;
+    return dataset_open(ann, images, c->cache, ds, err, errlen);
+}
+
+static int ensure_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : -1;
+    return mkdir(dir, 0755);
+}
+
+/* Views of one loader batch as the criterion's targets. */
+static void batch_targets(const LoaderBatch *b, ImageTargets *t) {
+    for (int i = 0; i < b->B; i++) t[i] = (ImageTargets){b->n_boxes[i], b->labels[i], b->boxes[i]};
+}
+
+static int labels_in_range(const LoaderBatch *b, int num_classes, char *err, size_t errlen) {
+    for (int i = 0; i < b->B; i++)
+        for (int k = 0; k < b->n_boxes[i]; k++)
+            if (b->labels[i][k] < 0 || b->labels[i][k] >= num_classes) {
+                snprintf(err, errlen, "image id %lld has category id %d, but the model has %d classes "
+                         "(ids 0..%d); HINT: --num-classes %d, or weights with a larger class head",
+                         (long long)b->image_ids[i], b->labels[i][k], num_classes, num_classes - 1,
+                         b->labels[i][k] + 1);
+                return -1;
+            }
+    return 0;
+}
+
+int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
+    char err[16384], path[4096];
+    if (ensure_dir(c->out) != 0) {
+        fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", c->out);
+        return 2;
+    }
+    LoaderConfig lc;
+    loader_config_default(&lc);
+    lc.batch = c->batch;
+    lc.workers = c->workers;
+    lc.prefetch = c->prefetch;
+    lc.seed = c->seed;
+    lc.group_by_aspect = c->group_by_aspect;
+    lc.strict = c->strict;
+    if (c->max_pixels > 0) lc.max_pixels = c->max_pixels;
+    if (c->scales && transform_parse_scales(&lc.tf, c->scales) != 0) {
+        fprintf(stderr, "error: --scales '%s': expected a comma-separated list of positive sizes\n", c->scales);
+        return 2;
+    }
+    if (c->max_size > 0) lc.tf.max_size = c->max_size;
+    Loader *ld = loader_create(ds, &lc, err, sizeof(err));
+    if (!ld) {
+        fprintf(stderr, "error: %s\n", err);
+        return 2;
+    }
+    snprintf(path, sizeof(path), "%s/train.jsonl", c->out);
+    FILE *log = fopen(path, "w");
+    if (!log) {
+        fprintf(stderr, "error: cannot write %s\n", path);
+        loader_destroy(ld);
+        return 2;
+    }
+    const DetrConfig *mc = &m->cfg;
+    int64_t per_epoch = loader_batches_per_epoch(ld);
+    printf("detr-train: ResNet-%d, hidden %d, %d heads, %d+%d layers, FFN %d, %d queries, %d classes, "
+           "%zu trainable parameters\n", mc->depth, mc->hidden, mc->nheads, mc->enc_layers,
+           mc->dec_layers, mc->ffn, mc->queries, mc->num_classes, detr_num_trainable(m));
+    printf("data: %s (%lld images%s), %lld batches of %d per epoch, %d workers\n", ds->ann_path,
+           (long long)ds->n_images, ds->from_cache ? ", index from cache" : "", (long long)per_epoch,
+           c->batch, c->workers);
+    Trainer tr;
+    trainer_init(&tr, m, &c->oc);
+    ImageTargets *targets = calloc((size_t)c->batch, sizeof(ImageTargets));
+    int rc = 0, step = 0;
+    double ema = 0, t_start = timer_now(), t_train = 0;
+    int total_steps = (int)(per_epoch * c->epochs);
+    if (c->steps > 0 && c->steps < total_steps) total_steps = c->steps;
+    for (int epoch = 0; epoch < c->epochs && rc == 0 && (c->steps <= 0 || step < c->steps); epoch++) {
+        if (loader_start_epoch(ld, epoch, 0) != 0) {
+            fprintf(stderr, "error: cannot start epoch %d\n", epoch);
+            rc = 1;
+            break;
+        }
+        float lr = lr_at_epoch(c->oc.lr, epoch, c->oc.lr_drop);
+        float lr_bb = lr_at_epoch(c->oc.lr_backbone, epoch, c->oc.lr_drop);
+        LoaderBatch *b;
+        int got;
+        while (rc == 0 && (c->steps <= 0 || step < c->steps) &&
+               (got = loader_next(ld, &b, 600.0, err, sizeof(err))) != 0) {
+            if (got < 0) {
+                fprintf(stderr, "error: data loader: %s\n", err);
+                rc = 1;
+                break;
+            }
+            if (labels_in_range(b, mc->num_classes, err, sizeof(err)) != 0) {
+                fprintf(stderr, "error: %s\n", err);
+                loader_release(ld, b);
+                rc = 2;
+                break;
+            }
+            batch_targets(b, targets);
+            StepResult res;
+            uint64_t step_seed = rng_hash64(c->seed, 0x5eed0000u + (uint64_t)step);
+            if (trainer_step(&tr, b->images, b->mask, targets, b->B, b->H, b->W, lr, lr_bb, step_seed,
+                             &res, err, sizeof(err)) != 0) {
+                fprintf(stderr, "error: training stopped: %s\n", err);
+                loader_release(ld, b);
+                rc = 1;
+                break;
+            }
+            step++;
+            t_train += res.seconds;
+            const LoaderStats st = b->stats;
+            int B = b->B, H = b->H, W = b->W;
+            loader_release(ld, b);
+            double loss = res.losses.total;
+            ema = step > 1 ? 0.9 * ema + 0.1 * loss : loss;
+            MemStats ms = mem_stats();
+            const LayerLosses *fin = &res.losses.layer[res.losses.L - 1];
+            fprintf(log, "{\"step\":%d,\"epoch\":%d,\"loss\":%.6f,\"loss_ce\":%.6f,\"loss_bbox\":%.6f,"
+                    "\"loss_giou\":%.6f,\"class_error\":%.3f,\"grad_norm\":%.6f,\"lr\":%.3g,"
+                    "\"step_s\":%.4f,\"data_wait_s\":%.4f,\"images_per_s\":%.3f,\"batch_hw\":[%d,%d],"
+                    "\"padded_fraction\":%.4f,\"mem_peak_bytes\":%zu}\n",
+                    step, epoch, loss, fin->loss_ce, fin->loss_bbox, fin->loss_giou, fin->class_error,
+                    res.grad_norm, lr, res.seconds, st.wait_s, B / (res.seconds + st.wait_s), H, W,
+                    st.padded_fraction, ms.total_peak);
+            if (step % c->log_every == 0 || step == 1 || step == total_steps) {
+                double elapsed = timer_now() - t_start;
+                double eta = elapsed / step * (total_steps - step);
+                printf("epoch %d step %5d/%d  loss %.4f (avg %.4f)  ce %.3f  l1 %.3f  giou %.3f  "
+                       "%.1f img/s  data wait %.0f ms  ETA %.0fs  mem peak %.0f MiB\n", epoch, step,
+                       total_steps, loss, ema, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
+                       step * (double)c->batch / elapsed, st.wait_s * 1e3, eta, ms.total_peak / 1048576.0);
+                fflush(stdout);
+            }
+        }
+    }
+    fclose(log);
+    if (rc == 0 && step > 0) {
+        double elapsed = timer_now() - t_start;
+        printf("trained %d steps in %.1f s (%.2f images/s; %.0f%% of the time in training steps)\n",
+               step, elapsed, step * (double)c->batch / elapsed, 100.0 * t_train / elapsed);
+        snprintf(path, sizeof(path), "%s/model.safetensors", c->out);
+        if (weights_save(m, path, err, sizeof(err)) != 0) {
+            fprintf(stderr, "error: %s\n", err);
+            rc = 1;
+        } else {
+            printf("weights: %s\nlog: %s/train.jsonl\n", path, c->out);
+        }
+    }
+    free(targets);
+    trainer_free(&tr);
+    loader_destroy(ld);
+    return rc;
+}

@@ -1,0 +1,31 @@
+/* train_loop.h - detr-train's epoch loop: the data loader (dataloader/loader.h) feeding
+ * trainer_step, progress lines, a JSON-lines log and the final weights. */
+#ifndef DETR_TRAIN_LOOP_H
+#define DETR_TRAIN_LOOP_H
+#include <stddef.h>
+#include <stdint.h>
+#include "../dataloader/dataset.h"
+#include "config.h"
+#include "detr.h"
+
+typedef struct {
+    /* data: --data DIR, or --ann FILE --images DIR; neither = the embedded synthetic dataset */
+    const char *data, *ann, *images, *cache;
+    int workers, prefetch, batch, group_by_aspect, strict;
+    int64_t max_pixels;
+    const char *scales; /* "480,512,..." or NULL for the reference's */
+    int max_size;       /* 0 = the reference's 1333 */
+    /* schedule */
+    int epochs, steps;  /* steps > 0 stops early */
+    int log_every;
+    uint64_t seed;
+    OptimConfig oc;
+    const char *out;    /* OUT/model.safetensors, OUT/train.jsonl */
+} TrainLoopConfig;
+
+/* Opens the training split. Returns 0 or -1 with err. */
+int train_open_dataset(const TrainLoopConfig *c, Dataset *ds, char *err, size_t errlen);
+/* Trains; returns the process exit code (0, 1 failure, 2 bad input). */
+int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds);
+
+#endif
