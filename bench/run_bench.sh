@@ -6,4 +6,5 @@ BUILD=${BUILD:-build}
 if [ ! -d "$BUILD/fixtures/tiny" ]; then
     OMP_NUM_THREADS=2 /usr/bin/python3 tests/ref/make_fixtures.py --out "$BUILD/fixtures"
 fi
-exec /usr/bin/python3 bench/run_bench.py --build "$BUILD" "$@"
+/usr/bin/python3 bench/run_bench.py --build "$BUILD" "$@"
+/usr/bin/python3 bench/run_loader_bench.py --build "$BUILD"

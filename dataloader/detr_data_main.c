@@ -308,50 +308,13 @@ static int64_t peak_rss_bytes(void) {
     return peak > g_rss_seen ? peak : g_rss_seen;
 }
 
-static int parse_int_list(const char *s, int *out, int max) {
-    int n = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v <= 0 || v > 100000 || n == max) return -1;
-        out[n++] = (int)v;
-        p = end;
-        if (*p == ',') p++;
-        else if (*p) return -1;
-    }
-    return n;
-}
-
 /* Builds the transform config from the options; prints the error and returns -1 when bad. */
 static int bench_transform(const BenchOptions *o, TransformConfig *tc) {
-    int train = !strcmp(o->transform, "train");
-    transform_config_default(tc, train);
-    if (o->scales && transform_parse_scales(tc, o->scales) != 0) {
-        fprintf(stderr, "error: --scales '%s': expected a comma-separated list of up to %d sizes, "
-                "e.g. 96,112,128\n", o->scales, TF_MAX_SCALES);
+    char err[512];
+    if (transform_config_from_options(tc, !strcmp(o->transform, "train"), o->scales, o->max_size,
+                                      o->val_size, o->resize_choices, o->crop, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
         return -1;
-    }
-    if (o->max_size > 0) tc->max_size = o->max_size;
-    if (o->val_size > 0) tc->val_size = o->val_size;
-    if (o->resize_choices) {
-        int v[3];
-        if (parse_int_list(o->resize_choices, v, 3) != 3) {
-            fprintf(stderr, "error: --resize-choices '%s': expected three sizes, e.g. 400,500,600\n",
-                    o->resize_choices);
-            return -1;
-        }
-        memcpy(tc->resize_choices, v, sizeof(v));
-    }
-    if (o->crop) {
-        int v[2];
-        if (parse_int_list(o->crop, v, 2) != 2 || v[0] > v[1]) {
-            fprintf(stderr, "error: --crop '%s': expected MIN,MAX with MIN <= MAX, e.g. 384,600\n",
-                    o->crop);
-            return -1;
-        }
-        tc->crop_min = v[0], tc->crop_max = v[1];
     }
     return 0;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include "rng.h"
 
@@ -32,22 +33,60 @@ void transform_config_default(TransformConfig *tc, int train) {
     tc->val_size = 800;
 }
 
-int transform_parse_scales(TransformConfig *tc, const char *list) {
-    int scales[TF_MAX_SCALES], n = 0;
+/* "a,b,c" -> up to max positive sizes; returns the count or -1. */
+static int parse_sizes(const char *list, int *out, int max) {
+    int n = 0;
     const char *p = list;
     if (!p || !*p) return -1;
     for (;;) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 1 || v > TF_MAX_SIDE || n == TF_MAX_SCALES) return -1;
-        scales[n++] = (int)v;
-        if (*end == '\0') break;
+        if (end == p || errno || v < 1 || v > TF_MAX_SIDE || n == max) return -1;
+        out[n++] = (int)v;
+        if (*end == '\0') return n;
         if (*end != ',') return -1;
         p = end + 1;
     }
+}
+
+int transform_parse_scales(TransformConfig *tc, const char *list) {
+    int scales[TF_MAX_SCALES];
+    int n = parse_sizes(list, scales, TF_MAX_SCALES);
+    if (n < 1) return -1;
     memcpy(tc->scales, scales, sizeof(int) * n);
     tc->n_scales = n;
+    return 0;
+}
+
+int transform_config_from_options(TransformConfig *tc, int train, const char *scales, int max_size,
+                                  int val_size, const char *resize_choices, const char *crop,
+                                  char *err, size_t errlen) {
+    transform_config_default(tc, train);
+    if (scales && transform_parse_scales(tc, scales) != 0) {
+        snprintf(err, errlen, "--scales '%s': expected a comma-separated list of up to %d sizes, "
+                 "e.g. 96,112,128", scales, TF_MAX_SCALES);
+        return -1;
+    }
+    if (max_size > 0) tc->max_size = max_size;
+    if (val_size > 0) tc->val_size = val_size;
+    int v[3];
+    if (resize_choices) {
+        if (parse_sizes(resize_choices, v, 3) != 3) {
+            snprintf(err, errlen, "--resize-choices '%s': expected three sizes, e.g. 400,500,600",
+                     resize_choices);
+            return -1;
+        }
+        memcpy(tc->resize_choices, v, sizeof(int) * 3);
+    }
+    if (crop) {
+        if (parse_sizes(crop, v, 2) != 2 || v[0] > v[1]) {
+            snprintf(err, errlen, "--crop '%s': expected MIN,MAX with MIN <= MAX, e.g. 384,600", crop);
+            return -1;
+        }
+        tc->crop_min = v[0];
+        tc->crop_max = v[1];
+    }
     return 0;
 }
 

@@ -45,6 +45,12 @@ typedef struct {
 void transform_config_default(TransformConfig *tc, int train);
 /* Parses "96,112,128" into tc->scales; returns 0 or -1 (empty, non-positive or too many). */
 int transform_parse_scales(TransformConfig *tc, const char *list);
+/* The defaults for train/val with the command-line overrides applied (NULL / 0 = keep):
+ * --scales LIST, --max-size N, --val-size N, --resize-choices A,B,C, --crop MIN,MAX.
+ * Returns 0, or -1 with err naming the option and the expected form. */
+int transform_config_from_options(TransformConfig *tc, int train, const char *scales, int max_size,
+                                  int val_size, const char *resize_choices, const char *crop,
+                                  char *err, size_t errlen);
 
 /* Boxes of one sample: xyxy in pixels of the current image, labels alongside. */
 typedef struct {

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 exec "$BUILD/detr-train" --preset tiny --batch 8 --scales 96,112,128 --max-size 213 \
+    --resize-choices 64,80,96 --crop 61,96 \
     --epochs "${EPOCHS:-10}" --lr 1e-3 --lr-backbone 1e-3 --dropout 0 --log-every 32 \
     --out "${OUT:-out}" "$@"

@@ -65,6 +65,8 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"prefetch", OPT_INT, &t->prefetch, "K", "batches prepared ahead (default 2)", NULL},
         {"scales", OPT_STR, &t->scales, "LIST", "train resize scales (default 480,512,...,800)", NULL},
         {"max-size", OPT_INT, &t->max_size, "N", "longest side after resizing (default 1333)", NULL},
+        {"resize-choices", OPT_STR, &t->resize_choices, "A,B,C", "pre-crop resize sizes (default 400,500,600)", NULL},
+        {"crop", OPT_STR, &t->crop, "MIN,MAX", "random crop side range (default 384,600)", NULL},
         {"group-by-aspect", OPT_FLAG, &t->group_by_aspect, NULL, "batch images of similar aspect ratio", NULL},
         {"strict", OPT_FLAG, &t->strict, NULL, "stop at the first unreadable sample (default: skip it)", NULL},
         {"max-pixels", OPT_SIZE, &a->max_pixels, "N", "refuse images above N pixels (default 100M)", NULL},
@@ -83,7 +85,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 29;
+    int n = 31;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
@@ -153,6 +155,8 @@ static int run_golden(const Args *a, Detr *m) {
     Trainer tr;
     trainer_init(&tr, m, &a->tl.oc);
     StWriter *w = st_writer_new();
+    float *step_loss = calloc((size_t)a->tl.steps + 1, sizeof(float)); /* [steps] */
+    float *step_norm = calloc((size_t)a->tl.steps + 1, sizeof(float)); /* [steps] */
     int rc = 0;
     /* forward, loss and backward without dropout; gradients before clipping */
     params_zero_grad(&m->ps);
@@ -173,14 +177,23 @@ static int run_golden(const Args *a, Detr *m) {
             rc = 1;
             goto done;
         }
+        step_loss[k] = (float)res.losses.total;
+        step_norm[k] = (float)res.grad_norm;
     }
-    if (a->tl.steps > 0) add_params(w, m, "param.", 0);
+    if (a->tl.steps > 0) {
+        add_params(w, m, "param.", 0);
+        int64_t ks[1] = {a->tl.steps};
+        st_writer_add_f32(w, "steps.loss", 1, ks, step_loss);      /* weighted total per step */
+        st_writer_add_f32(w, "steps.grad_norm", 1, ks, step_norm); /* before clipping */
+    }
     if (st_writer_save(w, a->dump_grads, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: %s\n", err);
         rc = 1;
     }
 done:
     st_writer_free(w);
+    free(step_loss);
+    free(step_norm);
     trainer_free(&tr);
     free(t);
     targets_free(owned, in.B);

@@ -69,11 +69,11 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
     lc.group_by_aspect = c->group_by_aspect;
     lc.strict = c->strict;
     if (c->max_pixels > 0) lc.max_pixels = c->max_pixels;
-    if (c->scales && transform_parse_scales(&lc.tf, c->scales) != 0) {
-        fprintf(stderr, "error: --scales '%s': expected a comma-separated list of positive sizes\n", c->scales);
+    if (transform_config_from_options(&lc.tf, 1, c->scales, c->max_size, 0, c->resize_choices,
+                                      c->crop, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
         return 2;
     }
-    if (c->max_size > 0) lc.tf.max_size = c->max_size;
     Loader *ld = loader_create(ds, &lc, err, sizeof(err));
     if (!ld) {
         fprintf(stderr, "error: %s\n", err);

@@ -15,6 +15,7 @@ typedef struct {
     int64_t max_pixels;
     const char *scales; /* "480,512,..." or NULL for the reference's */
     int max_size;       /* 0 = the reference's 1333 */
+    const char *resize_choices, *crop; /* "400,500,600" / "384,600" or NULL for the reference's */
     /* schedule */
     int epochs, steps;  /* steps > 0 stops early */
     int log_every;
