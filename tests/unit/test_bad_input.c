@@ -6,7 +6,8 @@
  *    the first non-finite parameter named (exit code 1);
  *  - weights written by detr-train load again with no shape flags (shape inferred), also under
  *    Hugging Face names, giving identical predictions.
- * Weights come from a short detr-train run, so no PyTorch is needed. */
+ * Weights come from a short detr-train run on the embedded synthetic dataset (generated into a
+ * temporary cache), so no PyTorch is needed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,7 @@ int main(void) {
     g_build = getenv("DETR_BUILD") ? getenv("DETR_BUILD") : "build";
     snprintf(g_dir, sizeof(g_dir), "/tmp/detr-bad-input-%d", (int)getpid());
     mkdir(g_dir, 0755);
+    setenv("XDG_CACHE_HOME", g_dir, 1); /* the embedded dataset and index cache go here */
     static char log[65536];
     char cmd[2048], w[320], x[320], bad[320], y1[320], y2[320];
     snprintf(w, sizeof(w), "%s/model.safetensors", g_dir);
@@ -147,8 +149,8 @@ int main(void) {
     snprintf(y2, sizeof(y2), "%s/y2.safetensors", g_dir);
 
     /* a small model trained one step, saved by detr-train */
-    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 2 --steps 1 --batch 2 --image-size 64 "
-             "--hidden 32 --nheads 2 --ffn 32 --queries 5 --num-classes 3 --out %s", g_build, g_dir);
+    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 2 --steps 1 --batch 2 --scales 64 --max-size 64 --resize-choices 48,56,64 --crop 40,48 "
+             "--hidden 32 --nheads 2 --ffn 32 --queries 5 --num-classes 4 --out %s", g_build, g_dir);
     int rc = run(cmd, log, sizeof(log));
     CHECK("setup: detr-train writes weights", rc == 0, "exit %d: %.500s", rc, log);
     write_inputs(x);
@@ -174,7 +176,7 @@ int main(void) {
     rc = run(cmd, log, sizeof(log));
     CHECK("bad weights: exit code 2", rc == 2, "exit %d", rc);
     CHECK("bad weights: missing tensor listed with its shape",
-          strstr(log, "missing: class_embed.bias, expected shape [4]") != NULL, "log: %.800s", log);
+          strstr(log, "missing: class_embed.bias, expected shape [5]") != NULL, "log: %.800s", log);
     CHECK("bad weights: extra tensor listed", strstr(log, "unexpected: backbone.0.body.layer9.weight") != NULL,
           "log: %.800s", log);
     CHECK("bad weights: mis-shaped tensor with expected and found shapes",
@@ -192,7 +194,7 @@ int main(void) {
 
     /* a NaN weight stops training and is named */
     rewrite_weights(w, bad, NULL, NULL, NULL, "class_embed.bias", 0);
-    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 2 --weights %s --steps 2 --batch 2 --image-size 64 "
+    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 2 --weights %s --steps 2 --batch 2 --scales 64 --max-size 64 --resize-choices 48,56,64 --crop 40,48 "
              "--out %s", g_build, bad, g_dir);
     rc = run(cmd, log, sizeof(log));
     CHECK("NaN weight: training stops with exit code 1", rc == 1, "exit %d: %.500s", rc, log);

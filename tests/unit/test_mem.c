@@ -88,9 +88,10 @@ static void test_arena(void) {
 
 /* detr-train under a budget too small for the tiny model must exit with EXIT_OOM and explain. */
 static void test_train_oom(void) {
+    setenv("XDG_CACHE_HOME", "/tmp/detr-oom-test-cache", 1); /* embedded dataset, index cache */
     const char *build = getenv("DETR_BUILD") ? getenv("DETR_BUILD") : "build";
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 1 --steps 1 --batch 2 --image-size 64 "
+    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 1 --steps 1 --batch 2 --scales 64 --max-size 64 --resize-choices 48,56,64 --crop 40,48 "
              "--mem-limit 30M --out /tmp/detr-oom-test > /tmp/detr-oom-test.log 2>&1", build);
     int rc = system(cmd);
     int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
