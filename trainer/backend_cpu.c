@@ -237,7 +237,7 @@ static void cpu_dropout_backward(const float *dy, float *dx, size_t n, float p, 
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* reductions: float partial sums over blocks of REDUCE_BLOCK (vectorised), blocks added in    */
+/* reductions: double partial sums over blocks of REDUCE_BLOCK (vectorised), blocks added in   */
 /* double, so the error stays ~1e-7 relative however long the vector.                          */
 
 #define REDUCE_BLOCK 1024
@@ -249,9 +249,9 @@ static double cpu_sum(const float *x, size_t n) {
     for (long bk = 0; bk < nblocks; bk++) {
         size_t lo = (size_t)bk * REDUCE_BLOCK;
         size_t hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
-        float part = 0.0f;
+        double part = 0.0; /* double partials: exact enough whatever the vector width */
 #pragma omp simd reduction(+ : part)
-        for (size_t i = lo; i < hi; i++) part += x[i];
+        for (size_t i = lo; i < hi; i++) part += (double)x[i];
         total += part;
     }
     return total;
@@ -264,9 +264,9 @@ static double cpu_sum_squares(const float *x, size_t n) {
     for (long bk = 0; bk < nblocks; bk++) {
         size_t lo = (size_t)bk * REDUCE_BLOCK;
         size_t hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
-        float part = 0.0f;
+        double part = 0.0; /* double partials: exact enough whatever the vector width */
 #pragma omp simd reduction(+ : part)
-        for (size_t i = lo; i < hi; i++) part += x[i] * x[i];
+        for (size_t i = lo; i < hi; i++) part += (double)x[i] * x[i];
         total += part;
     }
     return total;
