@@ -2,7 +2,9 @@
  *
  * A loop thread owns a libuv loop; each sample's read + decode + augment is one uv_queue_work
  * item (the libuv pool is one global FIFO, so no uv_fs_* requests are chained into it; files are
- * read with plain open/read inside the item); collating a batch is one more item. The pool size
+ * read with plain open/read inside the item); collating a complete batch is one item per image
+ * (each writes its image's normalised pixels, zero padding, mask rows and targets into its own
+ * part of the slot), so the images of a batch are collated in parallel. The pool size
  * is set from `workers` (UV_THREADPOOL_SIZE) before its first use: it is PROCESS-WIDE and fixed
  * when the first work item of the process is queued, so a second loader asking for another size
  * gets a warning and shares the first pool (loader_pool_size() tells the size in use).
@@ -75,10 +77,13 @@ typedef struct {
 
 void loader_config_default(LoaderConfig *c);
 
-/* Timings in seconds, sums over the batch's samples unless noted. */
+/* Timings in seconds, sums over the batch's samples unless noted (work items run in parallel,
+ * so a sum is worker time, not the batch's wall-clock time). */
 typedef struct {
     double wait_s;         /* consumer's time blocked in loader_next for this batch */
-    double read_s, decode_s, augment_s, collate_s;
+    double read_s, decode_s, augment_s;
+    double collate_s;      /* sum of the batch's per-image collate items (normalise, pad, mask,
+                              targets) */
     int64_t bytes_read;
     int queue_depth;       /* ready batches (this one included) when loader_next was called:
                               0 means the consumer had to wait for the loader */

@@ -52,6 +52,8 @@ int main(int argc, char **argv) {
     Detr *m = detr_create(&cfg, backend_cpu(), 1);
     if (weights_load(m, weights, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: %s\n", err);
+        detr_destroy(m);
+        golden_free_inputs(&in);
         return 2;
     }
     detr_forward(m, in.images, in.mask, in.B, in.H, in.W, 0, 0);

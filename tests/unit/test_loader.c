@@ -289,7 +289,9 @@ static void test_sharding(const Dataset *ds) {
     CHECK("sharding: sample k of the epoch goes to rank k % world", dealt, "not round-robin");
 }
 
-/* The loader's sample i of a batch against read + decode + transform run here directly. */
+/* The loader's sample i of a batch against read + decode + transform run here directly: every
+ * pixel of the image's padded [3, H, W] part (normalised f32, or uint8 with uint8_output; 0 on
+ * padding), every mask byte and every box, bitwise. */
 static int check_sample(const Dataset *ds, const LoaderConfig *cfg, const LoaderBatch *b, int i,
                         int epoch, char *msg, size_t len) {
     int64_t idx = lt_index_of_id(ds, b->image_ids[i]);
@@ -323,10 +325,11 @@ static int check_sample(const Dataset *ds, const LoaderConfig *cfg, const Loader
         for (int x = 0; ok && x < b->W; x++)
             for (int c = 0; ok && c < 3; c++) {
                 int inside = y < out.h && x < out.w;
-                float want = inside
-                    ? ((float)out.rgb[((size_t)y * out.w + x) * 3 + c] / 255.0f - mean[c]) / sd[c]
-                    : 0.0f;
-                float got = b->images[(size_t)i * 3 * plane + c * plane + (size_t)y * b->W + x];
+                uint8_t v = inside ? out.rgb[((size_t)y * out.w + x) * 3 + c] : 0;
+                size_t at = (size_t)i * 3 * plane + c * plane + (size_t)y * b->W + x;
+                float want = inside ? ((float)v / 255.0f - mean[c]) / sd[c] : 0.0f;
+                float got = b->images_u8 ? b->images_u8[at] : b->images[at];
+                if (b->images_u8) want = v;
                 uint8_t m = b->mask[(size_t)i * plane + (size_t)y * b->W + x];
                 if (memcmp(&want, &got, sizeof got) || m != !inside) {
                     lt_pathf(msg, len, "pixel (%d,%d,%d): %g vs %g, mask %d", c, y, x, got, want,
@@ -388,6 +391,42 @@ static void test_content(const Dataset *ds) {
     CHECK("content: uint8 output matches the normalised batch", same, "%s", ok ? "differs" : err);
     if (ok) loader_release(l, b);
     loader_destroy(l);
+}
+
+/* Every image of every batch over two epochs, f32 and uint8: the slots are reused for batches of
+ * other padded sizes and never cleared, so a byte of padding or mask that no collate item wrote
+ * would still hold an older batch's value. */
+static void test_content_every_batch(const Dataset *ds) {
+    for (int u8 = 0; u8 < 2; u8++) {
+        char err[512] = "", msg[256] = "";
+        LoaderConfig cfg;
+        lt_config(&cfg, 2);
+        cfg.uint8_output = u8;
+        Loader *l = loader_create(ds, &cfg, err, sizeof err);
+        int ok = l != NULL, images = 0, batches = 0, sizes = 0, last_hw = -1;
+        for (int epoch = 0; ok && epoch < 2; epoch++) {
+            ok = loader_start_epoch(l, epoch, 0) == 0;
+            LoaderBatch *b;
+            int rc = -1;
+            while (ok && (rc = loader_next(l, &b, 30, err, sizeof err)) == 1) {
+                for (int i = 0; ok && i < b->B; i++, images++)
+                    ok = check_sample(ds, &cfg, b, i, epoch, msg, sizeof msg);
+                sizes += b->H * 1000 + b->W != last_hw;
+                last_hw = b->H * 1000 + b->W;
+                batches++;
+                loader_release(l, b);
+            }
+            ok = ok && rc == 0;
+        }
+        loader_destroy(l);
+        char name[160];
+        snprintf(name, sizeof name,
+                 "content: every image of every batch, 2 epochs (%s): pixels, padding, mask, boxes",
+                 u8 ? "uint8" : "f32");
+        CHECK(name, ok && images == 2 * N_TRAIN && batches == 28 && sizes > 10,
+              "%d images, %d batches, %d padded-size changes: %s %s", images, batches, sizes, err,
+              msg);
+    }
 }
 
 static void test_stats(const Dataset *ds) {
@@ -557,6 +596,7 @@ int main(int argc, char **argv) {
     test_resume(&ds);
     test_sharding(&ds);
     test_content(&ds);
+    test_content_every_batch(&ds);
     test_stats(&ds);
     test_group_by_aspect(&ds);
     test_memory(&ds);

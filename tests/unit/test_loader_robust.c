@@ -2,7 +2,8 @@
  * truncated, missing, garbage, a folder, a FIFO, an image above the pixel limit from its header,
  * a PNG named .jpg, invalid boxes in the JSON) skipped with one warning each and counted, the
  * replacement rule, strict mode, an all-bad dataset, timeouts, a consumer holding every slot,
- * invalid configurations, two loaders in one process, and shutdown at random moments (the test
+ * invalid configurations, two loaders in one process, cancelling queued sample and collate
+ * items (destroy, restart), and shutdown at random moments (the test
  * is meant to run under AddressSanitizer and ThreadSanitizer too: make asan, make tsan). */
 #include <jansson.h>
 #include <pthread.h>
@@ -367,6 +368,8 @@ typedef struct {
     int n, running, release;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_t watchdog;
+    int has_watchdog, watchdog_s;
 } PoolStall;
 
 static void stall_work(uv_work_t *req) {
@@ -399,11 +402,33 @@ static int pool_stall_begin(PoolStall *p, int threads) {
     return 0;
 }
 
+/* Ends the stall after watchdog_s seconds at the latest, so a loader that failed to cancel its
+ * queued work makes loader_destroy slow (a failed check) rather than hang the test. */
+static void *stall_watchdog(void *arg) {
+    PoolStall *p = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += p->watchdog_s;
+    pthread_mutex_lock(&p->mu);
+    while (!p->release && pthread_cond_timedwait(&p->cv, &p->mu, &until) != ETIMEDOUT) {
+    }
+    p->release = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_stall_watchdog(PoolStall *p, int seconds) {
+    p->watchdog_s = seconds;
+    p->has_watchdog = pthread_create(&p->watchdog, NULL, stall_watchdog, p) == 0;
+}
+
 static void pool_stall_end(PoolStall *p) {
     pthread_mutex_lock(&p->mu);
     p->release = 1;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+    if (p->has_watchdog) pthread_join(p->watchdog, NULL);
     uv_run(&p->loop, UV_RUN_DEFAULT); /* the after-work callbacks */
     uv_loop_close(&p->loop);
     pthread_cond_destroy(&p->cv);
@@ -553,6 +578,70 @@ static void test_cancel_queued(const Dataset *ds) {
           "n %d/%d %s", n, n_ref, err);
 }
 
+/* Leaves batch 1's collate items queued behind a stalled pool: with prefetch 1 and batch 0 held,
+ * batch 1 completes but has no slot; the stall then holds every pool thread (which it gets only
+ * once batch 1's sample items are done), and releasing batch 0 makes the loop queue batch 1's
+ * collate items behind it. Returns the loader (NULL on failure); *stalled says whether the
+ * caller must call pool_stall_end. */
+static Loader *collates_behind_stall(const Dataset *ds, const LoaderConfig *cfg, PoolStall *stall,
+                                     int *stalled, char *err, size_t errlen) {
+    *stalled = 0;
+    Loader *l = loader_create(ds, cfg, err, errlen);
+    LoaderBatch *b0 = NULL;
+    if (!l || loader_start_epoch(l, 0, 0) != 0 || loader_next(l, &b0, 30, err, errlen) != 1) {
+        loader_destroy(l);
+        return NULL;
+    }
+    *stalled = pool_stall_begin(stall, loader_pool_size()) == 0;
+    if (*stalled) pool_stall_watchdog(stall, 10);
+    usleep(20000); /* batch 1's sample callbacks run on the loop thread */
+    loader_release(l, b0);
+    usleep(20000); /* the loop lays out the slot and queues batch 1's collate items */
+    return l;
+}
+
+static void test_cancel_collates(const Dataset *ds) {
+    char err[512] = "";
+    LoaderConfig cfg;
+    lt_config(&cfg, 2);
+    cfg.prefetch = 1;
+    size_t base = mem_stats().current[MEM_INPUTS];
+    LtEpoch ref0, ref1, got;
+    int n0 = lt_run_epoch(ds, &cfg, 0, 0, &ref0, err, sizeof err);
+    int n1 = lt_run_epoch(ds, &cfg, 1, 0, &ref1, err, sizeof err);
+    PoolStall stall;
+    int stalled;
+
+    Loader *l = collates_behind_stall(ds, &cfg, &stall, &stalled, err, sizeof err);
+    int depth = l ? loader_queue_depth(l) : -1;
+    double t0 = timer_now();
+    loader_destroy(l);
+    double destroy_s = timer_now() - t0;
+    if (stalled) pool_stall_end(&stall);
+    CHECK("shutdown: destroy cancels collate items queued behind a busy pool",
+          l && stalled && depth == 0 && destroy_s < 5 && mem_stats().current[MEM_INPUTS] == base,
+          "loader %d, stalled %d, ready %d, destroy %.2f s, %zu bytes left", l != NULL, stalled,
+          depth, destroy_s, mem_stats().current[MEM_INPUTS] - base);
+
+    l = collates_behind_stall(ds, &cfg, &stall, &stalled, err, sizeof err);
+    int ok = l && loader_start_epoch(l, 1, 0) == 0;
+    if (stalled) pool_stall_end(&stall);
+    int n = ok ? lt_consume(l, 0, 1 << 30, &got, err, sizeof err) : -1;
+    loader_destroy(l);
+    CHECK("restart: collate items of the old epoch cancelled, the new epoch's batches right",
+          stalled && n1 == 14 && n == n1 && got.in_order && !memcmp(got.sums, ref1.sums, 14 * 8),
+          "n %d/%d %s", n, n1, err);
+
+    l = collates_behind_stall(ds, &cfg, &stall, &stalled, err, sizeof err);
+    if (stalled) pool_stall_end(&stall);
+    n = l ? lt_consume(l, 1, 1 << 30, &got, err, sizeof err) : -1;
+    loader_destroy(l);
+    CHECK("delayed collate items finish the batch right once the pool is free",
+          stalled && n0 == 14 && n == 13 && got.in_order &&
+              !memcmp(got.sums, ref0.sums + 1, 13 * 8),
+          "n %d/%d %s", n, n0 - 1, err);
+}
+
 /* Create / use / destroy at random moments: work in flight, a held batch, restarts. */
 static void test_shutdown_random(const Dataset *good, const Dataset *corpus, const char *tmp) {
     const uint64_t seed = 20240601;
@@ -627,6 +716,7 @@ int main(void) {
     test_misuse(&good);
     test_two_loaders(&good, tmp);
     test_cancel_queued(&good);
+    test_cancel_collates(&good);
     test_shutdown_random(&good, &corpus, tmp);
     printf("     (%.1f s)\n", timer_now() - t0);
     dataset_close(&good);
