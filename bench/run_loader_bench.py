@@ -18,7 +18,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,17 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "/usr/bin/python3"
 DATASET_NAME = "photo-640x480-q90-v1"
 
-
-def machine():
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_bench import machine  # noqa: E402
 
 
 def run_json(cmd):
