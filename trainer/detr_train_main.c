@@ -33,7 +33,7 @@ static const char *USAGE =
     "budget (--mem-limit).";
 
 typedef struct {
-    const char *weights, *inputs, *targets, *dump_grads;
+    const char *weights, *inputs, *targets, *dump_grads, *amp, *device;
     int threads, version;
     size_t mem_limit, max_pixels;
     TrainLoopConfig tl;
@@ -83,9 +83,11 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"threads", OPT_INT, &a->threads, "N", "CPU threads (default: all cores)", NULL},
         {"log-every", OPT_INT, &t->log_every, "N", "print a progress line every N steps (default 10)", NULL},
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
+        {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
+        {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 31;
+    int n = 33;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
@@ -94,6 +96,29 @@ static int parse_args(int argc, char **argv, Args *a) {
     if (t->steps < 0 || t->batch < 1 || t->epochs < 1 || t->workers < 1 || t->prefetch < 1 || t->log_every < 1) {
         fprintf(stderr, "error: --steps must be >= 0; --batch, --epochs, --workers, --prefetch and "
                 "--log-every >= 1\n");
+        return -1;
+    }
+    if (a->amp && strcmp(a->amp, "off") && strcmp(a->amp, "bf16") && strcmp(a->amp, "fp16")) {
+        fprintf(stderr, "error: --amp '%s': use off, bf16 or fp16\n", a->amp);
+        return -1;
+    }
+    if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
+        fprintf(stderr, "error: --device '%s': use cpu or cuda\n", a->device);
+        return -1;
+    }
+    if (a->device && !strcmp(a->device, "cuda")) {
+        fprintf(stderr, "error: --device cuda: the CUDA training backend is not part of this version yet "
+                "(only its build plumbing is); use --device cpu\n");
+        return -1;
+    }
+    if (a->amp && strcmp(a->amp, "off")) {
+        fprintf(stderr, "error: --amp %s needs the CUDA backend; the CPU backend trains in float32 "
+                "(use --amp off)\n", a->amp);
+        return -1;
+    }
+    if (t->data && (t->ann || t->images)) {
+        fprintf(stderr, "error: --data conflicts with --ann/--images: give a dataset folder, or an "
+                "instances JSON with its image folder, not both\n");
         return -1;
     }
     if (a->inputs && (!a->targets || !a->dump_grads || !a->weights)) {

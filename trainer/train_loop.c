@@ -98,7 +98,8 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
     trainer_init(&tr, m, &c->oc);
     ImageTargets *targets = calloc((size_t)c->batch, sizeof(ImageTargets));
     int rc = 0, step = 0;
-    double ema = 0, t_start = timer_now(), t_train = 0;
+    double ema = 0, t_start = timer_now(), t_train = 0, last_draw = 0;
+    int tty = isatty(STDOUT_FILENO);
     int total_steps = (int)(per_epoch * c->epochs);
     if (c->steps > 0 && c->steps < total_steps) total_steps = c->steps;
     for (int epoch = 0; epoch < c->epochs && rc == 0 && (c->steps <= 0 || step < c->steps); epoch++) {
@@ -150,14 +151,19 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
                     step, epoch, loss, fin->loss_ce, fin->loss_bbox, fin->loss_giou, fin->class_error,
                     res.grad_norm, lr, res.seconds, st.wait_s, B / (res.seconds + st.wait_s), H, W,
                     st.padded_fraction, ms.total_peak);
-            if (step % c->log_every == 0 || step == 1 || step == total_steps) {
-                double elapsed = timer_now() - t_start;
+            int milestone = step % c->log_every == 0 || step == 1 || step == total_steps;
+            double now = timer_now();
+            if (milestone || (tty && now - last_draw > 0.25)) {
+                /* on a terminal the line is redrawn in place and kept at milestones */
+                double elapsed = now - t_start;
                 double eta = elapsed / step * (total_steps - step);
-                printf("epoch %d step %5d/%d  loss %.4f (avg %.4f)  ce %.3f  l1 %.3f  giou %.3f  "
-                       "%.1f img/s  data wait %.0f ms  ETA %.0fs  mem peak %.0f MiB\n", epoch, step,
-                       total_steps, loss, ema, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
-                       step * (double)c->batch / elapsed, st.wait_s * 1e3, eta, ms.total_peak / 1048576.0);
+                printf("%sepoch %d step %5d/%d  loss %.4f (avg %.4f)  ce %.3f  l1 %.3f  giou %.3f  "
+                       "%.1f img/s  data wait %.0f ms  ETA %.0fs  mem peak %.0f MiB%s",
+                       tty ? "\r\033[K" : "", epoch, step, total_steps, loss, ema, fin->loss_ce,
+                       fin->loss_bbox, fin->loss_giou, step * (double)c->batch / elapsed, st.wait_s * 1e3,
+                       eta, ms.total_peak / 1048576.0, tty && !milestone ? "" : "\n");
                 fflush(stdout);
+                last_draw = now;
             }
         }
     }
