@@ -4,6 +4,7 @@
  *   detr-data bench DATASET [options]  run the loader alone, as training would, and measure it
  *   detr-data default                  print the embedded default dataset's folder (made on
  *                                      first use)
+ *   detr-data eval GT.json DT.json     COCO bounding-box evaluation of a result file (COCOeval)
  * DATASET is a folder with annotations/instances_{train,val}*.json and {train,val}* folders (or
  * "default" for the embedded default); --ann FILE --images DIR name the files explicitly.
  * Exit codes: 0 success, 1 failure (or problems found by check), 2 usage error. */
@@ -18,6 +19,7 @@
 #include <jansson.h>
 #include "check.h"
 #include "cli.h"
+#include "coco_eval.h"
 #include "dataset.h"
 #include "loader.h"
 #include "synth.h"
@@ -36,6 +38,8 @@ static const char *USAGE_MAIN =
     "  bench DATASET   run the loader alone, as training would: images/s, per-stage times,\n"
     "                  peak RSS (tells whether the loader or the model limits training)\n"
     "  default         print the embedded default dataset's folder (generated on first use)\n"
+    "  eval GT DT      COCO bounding-box evaluation of a result file against a GT instances\n"
+    "                  file: the 12 COCOeval statistics (pycocotools' numbers)\n"
     "\n"
     "DATASET: a folder holding annotations/instances_{train,val}*.json and {train,val}* folders,\n"
     "or the word 'default' for the embedded default dataset.";
@@ -584,6 +588,84 @@ static int cmd_default(int argc, char **argv) {
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* eval */
+
+static const char *USAGE_EVAL =
+    "usage: detr-data eval GT.json DETECTIONS.json [--json]\n"
+    "COCO bounding-box evaluation, the numbers of pycocotools' COCOeval(iouType='bbox'):\n"
+    "GT.json is a COCO instances file (images, categories, annotations with bbox, area,\n"
+    "iscrowd); DETECTIONS.json a COCO result file, a list of {\"image_id\", \"category_id\",\n"
+    "\"bbox\": [x, y, w, h], \"score\"} (as detr-train writes). Prints the 12 summary lines\n"
+    "(AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl; -1 = undefined).\n"
+    "Detections of categories not in GT.json are skipped (counted on stderr); detections of\n"
+    "images not in GT.json are an error. Exit 0, 1 on bad input, 2 on a usage error.";
+
+static void print_eval_json(const CocoEvalResult *r) {
+    json_t *j = json_object(), *stats = json_array(), *pc = json_array();
+    for (int i = 0; i < COCO_EVAL_NUM_STATS; i++) json_array_append_new(stats, json_real(r->stats[i]));
+    for (int k = 0; k < r->n_categories; k++) {
+        json_t *c = json_object();
+        json_object_set_new(c, "category_id", json_integer(r->category_ids[k]));
+        json_object_set_new(c, "ap", json_real(r->category_ap[k]));
+        json_array_append_new(pc, c);
+    }
+    json_object_set_new(j, "stats", stats);
+    json_object_set_new(j, "per_category_ap", pc);
+    json_object_set_new(j, "detections", json_integer(r->n_detections));
+    json_object_set_new(j, "detections_unknown_category", json_integer(r->n_dropped));
+    char *s = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    printf("%s\n", s ? s : "{}");
+    free(s);
+    json_decref(j);
+}
+
+static int cmd_eval(int argc, char **argv) {
+    int as_json = 0;
+    CliOption opts[] = {
+        {"json", OPT_FLAG, &as_json, NULL, "print one JSON object: stats (12 numbers, COCOeval order) "
+         "and per_category_ap (list of {category_id, ap})", NULL},
+    };
+    const char *files[2] = {NULL, NULL};
+    int nfiles = 0;
+    char **oargv = calloc((size_t)argc + 1, sizeof(char *));
+    int oargc = 1;
+    oargv[0] = argv[0];
+    for (int i = 2; i < argc; i++) {
+        if (argv[i][0] != '-' && nfiles < 2) files[nfiles++] = argv[i];
+        else oargv[oargc++] = argv[i]; /* options, and extra words cli_parse then rejects */
+    }
+    int rc = cli_parse(oargc, oargv, opts, 1, USAGE_EVAL);
+    free(oargv);
+    if (rc) return rc > 0 ? 0 : 2;
+    if (nfiles < 2) {
+        fprintf(stderr, "error: eval needs GT.json and DETECTIONS.json\n%s\n", USAGE_EVAL);
+        return 2;
+    }
+    char err[2048];
+    CocoEval *e = coco_eval_load_gt(files[0], err, sizeof(err));
+    if (!e || coco_eval_load_detections(e, files[1], err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        coco_eval_free(e);
+        return 1;
+    }
+    CocoEvalResult r;
+    if (coco_eval_run(e, &r, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        coco_eval_free(e);
+        return 1;
+    }
+    if (r.n_dropped > 0)
+        fprintf(stderr, "note: %lld of %lld detections have a category_id that is not in %s's "
+                "categories; they are not evaluated (as pycocotools)\n", (long long)r.n_dropped,
+                (long long)coco_eval_num_detections(e), files[0]);
+    if (as_json) print_eval_json(&r);
+    else coco_eval_print_summary(stdout, r.stats);
+    coco_eval_result_free(&r);
+    coco_eval_free(e);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "%s\n", USAGE_MAIN);
@@ -598,6 +680,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "check")) return cmd_check(argc, argv);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc, argv);
     if (!strcmp(cmd, "default")) return cmd_default(argc, argv);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     fprintf(stderr, "error: unknown command '%s'\n\n%s\n", cmd, USAGE_MAIN);
     return 2;
 }

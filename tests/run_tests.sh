@@ -37,6 +37,9 @@ if $PY -c 'import torch, scipy, torchvision, PIL' 2>/dev/null; then
     if ! $PY tests/ref/gen_transform_cases.py --out "$DETR_FIXTURES/transforms" >>"$log/fixtures.log" 2>&1; then
         echo "FAIL transform/decode fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
     fi
+    if ! $PY tests/ref/gen_postprocess_cases.py "$DETR_FIXTURES/postprocess_cases.json" >>"$log/fixtures.log" 2>&1; then
+        echo "FAIL postprocess fixture generation (see $log/fixtures.log)"; failed=$((failed + 1))
+    fi
     $PY tests/ref/check_reference.py >"$log/check_reference.log" 2>&1
     echo "== check_reference.py (self-check of the PyTorch reference)"
     grep -E '^(FAIL|skip) ' "$log/check_reference.log" || true
