@@ -240,22 +240,50 @@ static void image_losses(const float *logits, const float *boxes, const Criterio
     sums->card_sum += fabs((double)predicted_objects - (double)t->n);
 }
 
-/* Sum of the CE weights, known before matching: every image yields min(Q, n) matched queries. */
-static double ce_weight_sum(int B, int Q, const ImageTargets *t, double eos_coef) {
-    double matched = 0;
-    for (int b = 0; b < B; b++) matched += t[b].n < Q ? t[b].n : Q;
-    return matched + eos_coef * ((double)B * Q - matched);
+/* ---- normalisers ---- */
+
+void loss_normalisers_init(LossNormalisers *n) {
+    *n = (LossNormalisers){0};
+    n->num_boxes = 1;
 }
 
-int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C1,
-                    const ImageTargets *t, double num_boxes, const LossWeights *w,
-                    double grad_scale, LayerLosses *out, float *dlogits, float *dboxes, char *err,
-                    size_t errlen) {
+void loss_normalisers_add(LossNormalisers *n, const ImageTargets *t, int B, int Q, float eos_coef) {
+    for (int b = 0; b < B; b++) {
+        int nb = t[b].n > 0 ? t[b].n : 0;
+        n->target_boxes += nb;
+        n->matched += nb < Q ? nb : Q; /* the matcher pairs min(Q, n) queries of every image */
+    }
+    n->images += B;
+    n->queries += (long)B * Q;
+    n->num_boxes = n->target_boxes > 1 ? (double)n->target_boxes : 1.0;
+    n->ce_weight_sum = (double)n->matched + eos_coef * (double)(n->queries - n->matched);
+}
+
+static int check_normalisers(const LossNormalisers *n, int B, int Q, const ImageTargets *t,
+                             char *err, size_t errlen) {
+    if (!n) return fail(err, errlen, "criterion: NULL normalisers");
+    if (!isfinite(n->num_boxes) || n->num_boxes <= 0)
+        return fail(err, errlen, "criterion: num_boxes is %g; it must be finite and > 0 (clamp to >= 1)",
+                    n->num_boxes);
+    if (!isfinite(n->ce_weight_sum) || n->ce_weight_sum < 0)
+        return fail(err, errlen, "criterion: the CE weight sum is %g; it must be finite and >= 0",
+                    n->ce_weight_sum);
+    long matched = 0;
+    for (int b = 0; b < B; b++) matched += t[b].n < Q ? t[b].n : Q;
+    if (n->images < B || n->matched < matched)
+        return fail(err, errlen, "criterion: the normalisers cover %ld images and %ld matched queries, "
+                    "fewer than this batch's %d images and %ld matches; add every micro-batch's targets "
+                    "with loss_normalisers_add before the first loss", n->images, n->matched, B, matched);
+    return 0;
+}
+
+int criterion_layer_partial(const float *logits, const float *boxes, int B, int Q, int C1,
+                            const ImageTargets *t, const LossNormalisers *norm, const LossWeights *w,
+                            double grad_scale, LayerLosses *out, float *dlogits, float *dboxes,
+                            char *err, size_t errlen) {
     if (check_all(logits, boxes, B, Q, C1, t, w, err, errlen)) return -1;
     if (!out) return fail(err, errlen, "criterion: NULL output");
-    if (!isfinite(num_boxes) || num_boxes <= 0)
-        return fail(err, errlen, "criterion: num_boxes is %g; it must be finite and > 0 (clamp to >= 1)",
-                    num_boxes);
+    if (check_normalisers(norm, B, Q, t, err, errlen)) return -1;
     CriterionScratch s;
     void *block = scratch_alloc(B, Q, C1, &s);
     if (!block) return fail(err, errlen, "criterion: out of memory budget for the loss scratch");
@@ -266,7 +294,7 @@ int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C
         return -1;
     }
 
-    double weight_sum = ce_weight_sum(B, Q, t, w->eos_coef);
+    double weight_sum = norm->ce_weight_sum, num_boxes = norm->num_boxes;
     GradScales gs = {
         .ce = weight_sum > 0 ? grad_scale * w->ce_coef / weight_sum : 0,
         .l1 = grad_scale * w->bbox_coef / num_boxes,
@@ -280,8 +308,25 @@ int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C
     out->loss_ce = weight_sum > 0 ? sums.ce_num / weight_sum : 0;
     out->loss_bbox = sums.l1_sum / num_boxes;
     out->loss_giou = sums.giou_sum / num_boxes;
-    /* The reference's accuracy() returns 0 for no matched query, so class_error is then 100. */
-    out->class_error = sums.matched ? 100.0 - 100.0 * (double)sums.correct / (double)sums.matched : 100.0;
-    out->cardinality_error = sums.card_sum / B;
+    /* Written as this batch's share, so that micro-batch values add up to the whole batch's:
+     * 100 * (matched - correct) / all matched. The reference's accuracy() returns 0 for no
+     * matched query, so class_error is then 100 (each batch's share: its images / all images). */
+    out->class_error = norm->matched ? 100.0 * (double)(sums.matched - sums.correct) / (double)norm->matched
+                                     : 100.0 * B / (double)norm->images;
+    out->cardinality_error = sums.card_sum / (double)norm->images;
     return 0;
+}
+
+int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C1,
+                    const ImageTargets *t, double num_boxes, const LossWeights *w,
+                    double grad_scale, LayerLosses *out, float *dlogits, float *dboxes, char *err,
+                    size_t errlen) {
+    if (check_arguments(logits, boxes, B, Q, C1, t, w, err, errlen)) return -1;
+    if (check_targets(t, B, C1, err, errlen)) return -1;
+    LossNormalisers norm;
+    loss_normalisers_init(&norm);
+    loss_normalisers_add(&norm, t, B, Q, w->eos_coef);
+    norm.num_boxes = num_boxes; /* the caller's divisor (e.g. averaged over ranks) */
+    return criterion_layer_partial(logits, boxes, B, Q, C1, t, &norm, w, grad_scale, out, dlogits,
+                                   dboxes, err, errlen);
 }

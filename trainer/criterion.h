@@ -33,6 +33,24 @@ typedef struct {
     double cardinality_error;
 } LayerLosses;
 
+/* The divisors of one optimizer step's WHOLE batch. With gradient accumulation the step's batch
+ * is split into micro-batches; the loss of the whole batch is then the SUM of the micro-batches'
+ * losses when each is divided by the whole batch's divisors (criterion_layer_partial), and so is
+ * its gradient. Build with loss_normalisers_init, then loss_normalisers_add for every
+ * micro-batch's targets, before the first loss. Raw counts: */
+typedef struct {
+    long images;          /* images in the whole batch */
+    long queries;         /* images * Q */
+    long matched;         /* sum over images of min(Q, n): the queries the matcher pairs */
+    long target_boxes;    /* sum over images of n */
+    /* and the divisors derived from them (kept up to date by loss_normalisers_add): */
+    double num_boxes;     /* box losses: max(target_boxes, 1) (the reference's clamp) */
+    double ce_weight_sum; /* loss_ce: matched + eos_coef * (queries - matched) */
+} LossNormalisers;
+
+void loss_normalisers_init(LossNormalisers *n);
+void loss_normalisers_add(LossNormalisers *n, const ImageTargets *t, int B, int Q, float eos_coef);
+
 /* One decoder layer's predictions for the batch:
  *   logits: [B, Q, C1] (C1 = num_classes + 1, the last index is no-object)
  *   boxes:  [B, Q, 4]  post-sigmoid cxcywh
@@ -48,6 +66,18 @@ int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C
                     const ImageTargets *t, double num_boxes, const LossWeights *w,
                     double grad_scale, LayerLosses *out, float *dlogits, float *dboxes, char *err,
                     size_t errlen);
+
+/* The same for one micro-batch of a larger batch: every loss term, and its gradient, is this
+ * micro-batch's share, divided by the whole batch's normalisers (which must include this
+ * micro-batch's targets), so that the micro-batches' LayerLosses and gradients add up to the
+ * whole batch's. class_error is 100 * (matched - correct) / norm->matched (each micro-batch's
+ * share; when no query of the whole batch is matched: 100 * B / norm->images) and
+ * cardinality_error is the sum over this micro-batch's images / norm->images.
+ * criterion_layer is this with the normalisers of its own batch (num_boxes as given). */
+int criterion_layer_partial(const float *logits, const float *boxes, int B, int Q, int C1,
+                            const ImageTargets *t, const LossNormalisers *norm, const LossWeights *w,
+                            double grad_scale, LayerLosses *out, float *dlogits, float *dboxes,
+                            char *err, size_t errlen);
 
 /* The matching alone (what criterion_layer uses): query_to_target [B, Q] out, the index of the
  * target matched to each query of each image, or -1. Returns 0, or -1 with a message in err. */

@@ -252,8 +252,9 @@ static void detr_backward(Detr *m, const float *dlogits_host, const float *dboxe
     m->phase_s[PHASE_BWD_BACKBONE] = timer_now() - t2;
 }
 
-int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
-                       double grad_scale, DetrLosses *out, char *err, size_t errlen) {
+int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossWeights *w,
+                               const LossNormalisers *norm, int want_grad, double grad_scale,
+                               DetrLosses *out, char *err, size_t errlen) {
     int B = m->B, Q = m->cfg.queries, L = m->L, C1 = m->C1;
     size_t per_logits = (size_t)B * Q * C1, per_boxes = (size_t)B * Q * 4;
     float *dlogits = NULL, *dboxes = NULL; /* host [L, B*Q, C1], [L, B*Q, 4] */
@@ -262,19 +263,16 @@ int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *
         dboxes = calloc((size_t)L * per_boxes, sizeof(float));
     }
     double t0 = timer_now();
-    double num_boxes = 0;
-    for (int b = 0; b < B; b++) num_boxes += targets[b].n;
-    if (num_boxes < 1) num_boxes = 1;
     memset(out, 0, sizeof(*out));
     out->L = L;
     out->first = m->cfg.aux_loss ? 0 : L - 1; /* the final layer always, the others with aux loss */
     int rc = 0;
     for (int l = out->first; l < L; l++) {
         LayerLosses *ll = &out->layer[l];
-        if (criterion_layer(m->logits_host + l * per_logits, m->boxes_host + l * per_boxes, B, Q, C1,
-                            targets, num_boxes, w, grad_scale, ll,
-                            want_grad ? dlogits + l * per_logits : NULL,
-                            want_grad ? dboxes + l * per_boxes : NULL, err, errlen) != 0) {
+        if (criterion_layer_partial(m->logits_host + l * per_logits, m->boxes_host + l * per_boxes, B,
+                                    Q, C1, targets, norm, w, grad_scale, ll,
+                                    want_grad ? dlogits + l * per_logits : NULL,
+                                    want_grad ? dboxes + l * per_boxes : NULL, err, errlen) != 0) {
             rc = -1;
             break;
         }
@@ -285,4 +283,27 @@ int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *
     free(dlogits);
     free(dboxes);
     return rc;
+}
+
+int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
+                       double grad_scale, DetrLosses *out, char *err, size_t errlen) {
+    LossNormalisers norm; /* this batch alone: num_boxes = max(sum of n, 1) */
+    loss_normalisers_init(&norm);
+    loss_normalisers_add(&norm, targets, m->B, m->cfg.queries, w->eos_coef);
+    return detr_loss_backward_partial(m, targets, w, &norm, want_grad, grad_scale, out, err, errlen);
+}
+
+void detr_losses_add(DetrLosses *acc, const DetrLosses *part) {
+    acc->L = part->L;
+    acc->first = part->first;
+    for (int l = part->first; l < part->L; l++) {
+        LayerLosses *a = &acc->layer[l];
+        const LayerLosses *p = &part->layer[l];
+        a->loss_ce += p->loss_ce;
+        a->loss_bbox += p->loss_bbox;
+        a->loss_giou += p->loss_giou;
+        a->class_error += p->class_error;
+        a->cardinality_error += p->cardinality_error;
+    }
+    acc->total += part->total;
 }

@@ -84,6 +84,20 @@ typedef struct {
 int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
                        double grad_scale, DetrLosses *out, char *err, size_t errlen);
 
+/* The same for one micro-batch of a larger batch (gradient accumulation): every loss term and
+ * the gradient are this micro-batch's share, divided by the WHOLE batch's normalisers
+ * (criterion.h: LossNormalisers, which must include these targets), so that the micro-batches'
+ * losses (detr_losses_add) and accumulated gradients equal those of the whole batch in one
+ * forward. detr_loss_backward is this with the normalisers of its own batch. Exact only when the
+ * forward does not depend on the batch's composition: no dropout (or the same dropout masks), and
+ * the same padded size (a big batch pads its images to its largest image, a micro-batch to its
+ * own; padding changes the outputs slightly, in the reference too). */
+int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossWeights *w,
+                               const LossNormalisers *norm, int want_grad, double grad_scale,
+                               DetrLosses *out, char *err, size_t errlen);
+/* acc += part, term by term (acc zeroed first for the first part). */
+void detr_losses_add(DetrLosses *acc, const DetrLosses *part);
+
 /* Counts of trainable floats (excluding alignment padding). */
 size_t detr_num_trainable(const Detr *m);
 

@@ -34,7 +34,7 @@ static const char *USAGE =
 
 typedef struct {
     const char *weights, *inputs, *targets, *dump_grads, *amp, *device;
-    int threads, version;
+    int threads, version, eval_only;
     size_t mem_limit, max_pixels;
     TrainLoopConfig tl;
     ModelOptions mo;
@@ -52,6 +52,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     t->log_every = 10;
     t->seed = 42;
     t->out = "out";
+    t->eval_every = 1;
     CliOption o[64] = {
         {"weights", OPT_STR, &a->weights, "FILE", "initial weights (safetensors); shape inferred", NULL},
         {"inputs", OPT_STR, &a->inputs, "FILE", "golden mode: images/mask safetensors", NULL},
@@ -83,11 +84,16 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"threads", OPT_INT, &a->threads, "N", "CPU threads (default: all cores)", NULL},
         {"log-every", OPT_INT, &t->log_every, "N", "print a progress line every N steps (default 10)", NULL},
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
+        {"val-ann", OPT_STR, &t->val_ann, "FILE", "val instances JSON (with --val-images)", NULL},
+        {"val-images", OPT_STR, &t->val_images, "DIR", "image folder of --val-ann", NULL},
+        {"eval-every", OPT_INT, &t->eval_every, "N", "COCO evaluation on the val split every N epochs and at the end (default 1; 0 = never)", NULL},
+        {"val-size", OPT_INT, &t->val_size, "N", "val transform's short side (default 800)", NULL},
+        {"eval-only", OPT_FLAG, &a->eval_only, NULL, "evaluate --weights on the val split and exit", NULL},
         {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 33;
+    int n = 38;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
@@ -119,6 +125,14 @@ static int parse_args(int argc, char **argv, Args *a) {
     if (t->data && (t->ann || t->images)) {
         fprintf(stderr, "error: --data conflicts with --ann/--images: give a dataset folder, or an "
                 "instances JSON with its image folder, not both\n");
+        return -1;
+    }
+    if (a->eval_only && !a->weights) {
+        fprintf(stderr, "error: --eval-only needs --weights (the model to evaluate)\n");
+        return -1;
+    }
+    if (t->eval_every < 0 || t->val_size < 0) {
+        fprintf(stderr, "error: --eval-every and --val-size must be >= 0\n");
         return -1;
     }
     if (a->inputs && (!a->targets || !a->dump_grads || !a->weights)) {
@@ -246,18 +260,34 @@ int main(int argc, char **argv) {
         return rc;
     }
     char err[8192];
-    Dataset ds;
-    if (train_open_dataset(&a.tl, &ds, err, sizeof(err)) != 0) {
-        fprintf(stderr, "error: %s\n", err);
+    Dataset ds, val;
+    int have_train = 0, have_val = 0;
+    if (!a.eval_only) {
+        if (train_open_dataset(&a.tl, "train", &ds, err, sizeof(err)) != 0) {
+            fprintf(stderr, "error: %s\n", err);
+            return 2;
+        }
+        have_train = 1;
+    }
+    int vr = train_open_dataset(&a.tl, "val", &val, err, sizeof(err));
+    if (vr < 0 || (vr == 1 && a.eval_only)) {
+        fprintf(stderr, "error: %s\n", vr < 0 ? err : "--eval-only: no val split found (give --data with "
+                "annotations/instances_val*.json and val*/, or --val-ann and --val-images)");
+        if (have_train) dataset_close(&ds);
         return 2;
     }
-    Detr *m = build_model(&a, ds.num_classes);
+    have_val = vr == 0;
+    if (vr == 1) printf("eval: no val split found: training without evaluation\n");
+    Detr *m = build_model(&a, have_train ? ds.num_classes : val.num_classes);
     if (!m) {
-        dataset_close(&ds);
-        return 2;
+        rc = 2;
+    } else if (a.eval_only) {
+        rc = train_evaluate_only(&a.tl, m, &val);
+    } else {
+        rc = train_on_dataset(&a.tl, m, &ds, have_val ? &val : NULL);
     }
-    rc = train_on_dataset(&a.tl, m, &ds);
     detr_destroy(m);
-    dataset_close(&ds);
+    if (have_train) dataset_close(&ds);
+    if (have_val) dataset_close(&val);
     return rc;
 }

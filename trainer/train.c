@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "rng.h"
 #include "timer.h"
 
 void trainer_init(Trainer *t, Detr *m, const OptimConfig *oc) {
@@ -45,25 +46,54 @@ static const char *first_nonfinite(Detr *m, int grads) {
     return NULL;
 }
 
-int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const ImageTargets *targets,
-                 int B, int H, int W, float lr, float lr_backbone, uint64_t seed, StepResult *res,
-                 char *err, size_t errlen) {
-    Detr *m = t->m;
-    double t0 = timer_now();
+uint64_t trainer_micro_seed(uint64_t seed, int k) {
+    return k == 0 ? seed : rng_hash64(seed, 0x6d6963726fu + (uint64_t)k); /* "micro" */
+}
+
+void trainer_accum_begin(Trainer *t, const LossNormalisers *norm, StepResult *res) {
+    t->t_begin = timer_now();
+    t->norm = *norm;
+    t->micro = 0;
+    for (int p = 0; p < PHASE_N; p++) t->phase_s[p] = t->phase_flops[p] = 0;
     memset(res, 0, sizeof(*res));
-    params_zero_grad(&m->ps);
-    detr_forward(m, images, mask, B, H, W, 1, seed);
-    char msg[1024];
-    char terms[2048];
-    if (detr_loss_backward(m, targets, &t->lw, 1, 1.0, &res->losses, msg, sizeof(msg)) != 0) {
+    params_zero_grad(&t->m->ps);
+}
+
+int trainer_accum_micro(Trainer *t, const MicroBatch *mb, uint64_t seed, StepResult *res, char *err,
+                        size_t errlen) {
+    Detr *m = t->m;
+    char msg[1024], terms[2048];
+    DetrLosses part;
+    detr_forward(m, mb->images, mb->mask, mb->B, mb->H, mb->W, 1, seed);
+    if (detr_loss_backward_partial(m, mb->targets, &t->lw, &t->norm, 1, 1.0, &part, msg,
+                                   sizeof(msg)) != 0) {
         const char *p = first_nonfinite(m, 0);
-        snprintf(err, errlen, "step %d: %s (so no loss terms could be computed)%s%s", t->step + 1,
-                 msg, p ? "; first non-finite parameter: " : "", p ? p : "");
+        snprintf(err, errlen, "step %d%s: %s (so no loss terms could be computed)%s%s", t->step + 1,
+                 t->micro ? " (a later micro-batch)" : "", msg,
+                 p ? "; first non-finite parameter: " : "", p ? p : "");
         return -1;
     }
-    if (!isfinite(res->losses.total)) {
-        format_losses(&res->losses, terms, sizeof(terms));
+    if (!isfinite(part.total)) {
+        format_losses(&part, terms, sizeof(terms));
         snprintf(err, errlen, "step %d: the loss is not finite (%s)", t->step + 1, terms);
+        return -1;
+    }
+    detr_losses_add(&res->losses, &part);
+    for (int p = 0; p < PHASE_N; p++) {
+        t->phase_s[p] += m->phase_s[p];
+        t->phase_flops[p] += m->phase_flops[p];
+    }
+    t->micro++;
+    return 0;
+}
+
+int trainer_accum_finish(Trainer *t, float lr, float lr_backbone, StepResult *res, char *err,
+                         size_t errlen) {
+    Detr *m = t->m;
+    char terms[2048];
+    if (t->micro == 0) {
+        snprintf(err, errlen, "step %d: no micro-batch was run (trainer_accum_micro before "
+                 "trainer_accum_finish)", t->step + 1);
         return -1;
     }
     double norm = grad_global_norm(&m->ps);
@@ -77,8 +107,33 @@ int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const Ima
     res->grad_norm = norm;
     double t1 = timer_now();
     adamw_step(&t->opt, &m->ps, lr, lr_backbone, norm);
-    m->phase_s[PHASE_OPTIMIZER] = timer_now() - t1;
+    m->phase_s[PHASE_OPTIMIZER] = t->phase_s[PHASE_OPTIMIZER] = timer_now() - t1;
     t->step++;
-    res->seconds = timer_now() - t0;
+    t->micro = 0;
+    res->seconds = timer_now() - t->t_begin;
     return 0;
+}
+
+int trainer_step_accum(Trainer *t, const MicroBatch *mb, int n_micro, float lr, float lr_backbone,
+                       uint64_t seed, StepResult *res, char *err, size_t errlen) {
+    if (n_micro < 1) {
+        snprintf(err, errlen, "step %d: no micro-batch given", t->step + 1);
+        return -1;
+    }
+    LossNormalisers norm;
+    loss_normalisers_init(&norm);
+    for (int k = 0; k < n_micro; k++)
+        loss_normalisers_add(&norm, mb[k].targets, mb[k].B, t->m->cfg.queries, t->lw.eos_coef);
+    trainer_accum_begin(t, &norm, res);
+    for (int k = 0; k < n_micro; k++)
+        if (trainer_accum_micro(t, &mb[k], trainer_micro_seed(seed, k), res, err, errlen) != 0)
+            return -1;
+    return trainer_accum_finish(t, lr, lr_backbone, res, err, errlen);
+}
+
+int trainer_step(Trainer *t, const float *images, const uint8_t *mask, const ImageTargets *targets,
+                 int B, int H, int W, float lr, float lr_backbone, uint64_t seed, StepResult *res,
+                 char *err, size_t errlen) {
+    MicroBatch mb = {images, mask, targets, B, H, W};
+    return trainer_step_accum(t, &mb, 1, lr, lr_backbone, seed, res, err, errlen);
 }

@@ -7,33 +7,82 @@
 #include <unistd.h>
 #include "../dataloader/loader.h"
 #include "../dataloader/synth.h"
+#include "evaluate.h"
 #include "mem.h"
 #include "timer.h"
 #include "train.h"
 #include "weights.h"
 
-int train_open_dataset(const TrainLoopConfig *c, Dataset *ds, char *err, size_t errlen) {
+static int ensure_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : -1;
+    return mkdir(dir, 0755);
+}
+
+int train_open_dataset(const TrainLoopConfig *c, const char *split, Dataset *ds, char *err,
+                       size_t errlen) {
     char ann[4096], images[4096], dir[4096];
-    if (c->ann || c->images) {
-        if (!c->ann || !c->images) {
-            snprintf(err, errlen, "--ann and --images go together (the instances JSON and its image folder)");
+    int val = strcmp(split, "val") == 0;
+    const char *a = val ? c->val_ann : c->ann, *im = val ? c->val_images : c->images;
+    if (a || im || c->ann || c->images) {
+        if (!a && !im && val) return 1; /* explicit files and no val files: no evaluation */
+        if (!a || !im) {
+            snprintf(err, errlen, "--%sann and --%simages go together (the instances JSON and its image "
+                     "folder)", val ? "val-" : "", val ? "val-" : "");
             return -1;
         }
-        return dataset_open(c->ann, c->images, c->cache, ds, err, errlen);
+        return dataset_open(a, im, c->cache, ds, err, errlen);
     }
     const char *root = c->data;
     if (!root) {
         if (synth_dataset_default(dir, sizeof(dir), err, errlen) != 0) return -1;
         root = dir;
     }
-    if (dataset_find(root, "train", ann, sizeof(ann), images, sizeof(images), err, errlen) != 0) return -1;
+    if (dataset_find(root, split, ann, sizeof(ann), images, sizeof(images), err, errlen) != 0)
+        return val ? 1 : -1;
     return dataset_open(ann, images, c->cache, ds, err, errlen);
 }
 
-static int ensure_dir(const char *dir) {
-    struct stat st;
-    if (stat(dir, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : -1;
-    return mkdir(dir, 0755);
+/* Evaluates on val; prints a line, appends a JSON line to log (if any). Returns 0 or -1. */
+static int run_eval(const TrainLoopConfig *c, Detr *m, const Dataset *val, CocoEval *gt, FILE *log,
+                    int epoch, int step) {
+    char err[4096], path[4096];
+    snprintf(path, sizeof(path), "%s/detections.json", c->out);
+    EvalOptions eo = {.batch = c->batch, .workers = c->workers, .val_size = c->val_size,
+                      .max_size = c->max_size, .detections_out = path};
+    EvalSummary es;
+    if (evaluate_dataset(m, val, gt, &eo, &es, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return -1;
+    }
+    const double *st = es.r.stats;
+    printf("eval after epoch %d (step %d): AP %.4f  AP50 %.4f  AP75 %.4f  AR100 %.4f  (%d images, %.1f s; "
+           "detections: %s)\n", epoch, step, st[0], st[1], st[2], st[8], es.images, es.seconds, path);
+    if (log) {
+        fprintf(log, "{\"eval\":{\"epoch\":%d,\"step\":%d,\"images\":%d,\"seconds\":%.3f,\"stats\":[",
+                epoch, step, es.images, es.seconds);
+        for (int i = 0; i < COCO_EVAL_NUM_STATS; i++) fprintf(log, "%s%.6f", i ? "," : "", st[i]);
+        fprintf(log, "]}}\n");
+        fflush(log);
+    }
+    coco_eval_result_free(&es.r);
+    return 0;
+}
+
+int train_evaluate_only(const TrainLoopConfig *c, Detr *m, const Dataset *val) {
+    char err[4096];
+    if (ensure_dir(c->out) != 0) {
+        fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", c->out);
+        return 2;
+    }
+    CocoEval *gt = coco_eval_load_gt(val->ann_path, err, sizeof(err));
+    if (!gt) {
+        fprintf(stderr, "error: %s\n", err);
+        return 2;
+    }
+    int rc = run_eval(c, m, val, gt, NULL, 0, 0) == 0 ? 0 : 1;
+    coco_eval_free(gt);
+    return rc;
 }
 
 /* Views of one loader batch as the criterion's targets. */
@@ -54,7 +103,7 @@ static int labels_in_range(const LoaderBatch *b, int num_classes, char *err, siz
     return 0;
 }
 
-int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
+int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const Dataset *val) {
     char err[16384], path[4096];
     if (ensure_dir(c->out) != 0) {
         fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", c->out);
@@ -94,6 +143,18 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
     printf("data: %s (%lld images%s), %lld batches of %d per epoch, %d workers\n", ds->ann_path,
            (long long)ds->n_images, ds->from_cache ? ", index from cache" : "", (long long)per_epoch,
            c->batch, c->workers);
+    CocoEval *gt = NULL;
+    if (val && c->eval_every > 0) {
+        gt = coco_eval_load_gt(val->ann_path, err, sizeof(err));
+        if (!gt) {
+            fprintf(stderr, "error: %s\n", err);
+            fclose(log);
+            loader_destroy(ld);
+            return 2;
+        }
+        printf("eval: %s (%lld images) every %d epoch%s\n", val->ann_path, (long long)val->n_images,
+               c->eval_every, c->eval_every > 1 ? "s" : "");
+    }
     Trainer tr;
     trainer_init(&tr, m, &c->oc);
     ImageTargets *targets = calloc((size_t)c->batch, sizeof(ImageTargets));
@@ -166,8 +227,13 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds) {
                 last_draw = now;
             }
         }
+        int last_epoch = epoch + 1 == c->epochs || (c->steps > 0 && step >= c->steps);
+        if (rc == 0 && gt && ((epoch + 1) % c->eval_every == 0 || last_epoch) &&
+            run_eval(c, m, val, gt, log, epoch, step) != 0)
+            rc = 1;
     }
     fclose(log);
+    coco_eval_free(gt);
     if (rc == 0 && step > 0) {
         double elapsed = timer_now() - t_start;
         printf("trained %d steps in %.1f s (%.2f images/s; %.0f%% of the time in training steps)\n",

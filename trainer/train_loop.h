@@ -9,13 +9,16 @@
 #include "detr.h"
 
 typedef struct {
-    /* data: --data DIR, or --ann FILE --images DIR; neither = the embedded synthetic dataset */
-    const char *data, *ann, *images, *cache;
+    /* data: --data DIR, or --ann FILE --images DIR (+ --val-ann/--val-images for evaluation);
+     * neither = the embedded synthetic dataset */
+    const char *data, *ann, *images, *cache, *val_ann, *val_images;
     int workers, prefetch, batch, group_by_aspect, strict;
     int64_t max_pixels;
     const char *scales; /* "480,512,..." or NULL for the reference's */
     int max_size;       /* 0 = the reference's 1333 */
     const char *resize_choices, *crop; /* "400,500,600" / "384,600" or NULL for the reference's */
+    /* evaluation on the val split: every eval_every epochs (0 = never) and at the end */
+    int eval_every, val_size;
     /* schedule */
     int epochs, steps;  /* steps > 0 stops early */
     int log_every;
@@ -24,9 +27,14 @@ typedef struct {
     const char *out;    /* OUT/model.safetensors, OUT/train.jsonl */
 } TrainLoopConfig;
 
-/* Opens the training split. Returns 0 or -1 with err. */
-int train_open_dataset(const TrainLoopConfig *c, Dataset *ds, char *err, size_t errlen);
-/* Trains; returns the process exit code (0, 1 failure, 2 bad input). */
-int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds);
+/* Opens a split ("train" or "val"). Returns 0, 1 if the split does not exist (val only), or
+ * -1 with err. */
+int train_open_dataset(const TrainLoopConfig *c, const char *split, Dataset *ds, char *err,
+                       size_t errlen);
+/* Trains; val may be NULL (no evaluation). Returns the process exit code (0, 1 failure,
+ * 2 bad input). */
+int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const Dataset *val);
+/* Evaluates m on val, prints and logs the result; returns the exit code. */
+int train_evaluate_only(const TrainLoopConfig *c, Detr *m, const Dataset *val);
 
 #endif

@@ -17,23 +17,25 @@ typedef struct {
 } Entry;
 
 typedef struct {
-    StFile f;
+    const StFile *f;
+    StFile own;   /* the file when opened here (wf_open), else unused */
+    int owns;
     Entry *e;
     int n;
 } WeightFile;
 
 static void wf_close(WeightFile *wf) {
     free(wf->e);
-    st_close(&wf->f);
+    if (wf->owns) st_close(&wf->own);
 }
 
-static int wf_open(WeightFile *wf, const char *path, char *err, size_t errlen) {
-    memset(wf, 0, sizeof(*wf));
-    if (st_open(path, &wf->f, err, errlen) != 0) return -1;
-    int hf = weight_names_are_hf(&wf->f);
-    wf->e = calloc((size_t)wf->f.n + 1, sizeof(Entry));
-    for (int i = 0; i < wf->f.n; i++) {
-        const StTensor *t = &wf->f.tensors[i];
+/* Indexes the model tensors of an opened file under their reference names. */
+static void wf_index(WeightFile *wf, const StFile *f) {
+    wf->f = f;
+    int hf = weight_names_are_hf(f);
+    wf->e = calloc((size_t)f->n + 1, sizeof(Entry));
+    for (int i = 0; i < f->n; i++) {
+        const StTensor *t = &f->tensors[i];
         Entry *e = &wf->e[wf->n];
         e->t = t;
         e->part = -1;
@@ -41,10 +43,19 @@ static int wf_open(WeightFile *wf, const char *path, char *err, size_t errlen) {
             if (weight_name_from_hf(t->name, e->name, sizeof(e->name), &e->part) != 1) continue;
         } else {
             if (strstr(t->name, "num_batches_tracked")) continue; /* dropped, as FrozenBatchNorm2d */
+            if (strncmp(t->name, WEIGHTS_OPTIM_PREFIX, strlen(WEIGHTS_OPTIM_PREFIX)) == 0)
+                continue; /* a checkpoint's optimizer state, not a model tensor */
             snprintf(e->name, sizeof(e->name), "%s", t->name);
         }
         wf->n++;
     }
+}
+
+static int wf_open(WeightFile *wf, const char *path, char *err, size_t errlen) {
+    memset(wf, 0, sizeof(*wf));
+    if (st_open(path, &wf->own, err, errlen) != 0) return -1;
+    wf->owns = 1;
+    wf_index(wf, &wf->own);
     return 0;
 }
 
@@ -122,7 +133,7 @@ int weights_infer_config(const char *path, DetrConfig *cfg, char *err, size_t er
                  path, missing);
         goto done;
     }
-    const char *nh = st_meta(&wf.f, "nheads");
+    const char *nh = st_meta(wf.f, "nheads");
     cfg->nheads = 8;
     if (nh) {
         char *end;
@@ -138,9 +149,9 @@ int weights_infer_config(const char *path, DetrConfig *cfg, char *err, size_t er
                  "__metadata__ \"nheads\"", path, cfg->hidden);
         goto done;
     }
-    if (parse_bool_meta(st_meta(&wf.f, "dilation"), &cfg->dilation) != 0) {
+    if (parse_bool_meta(st_meta(wf.f, "dilation"), &cfg->dilation) != 0) {
         snprintf(err, errlen, "%s: __metadata__ dilation=\"%s\": expected \"true\" or \"false\"", path,
-                 st_meta(&wf.f, "dilation"));
+                 st_meta(wf.f, "dilation"));
         goto done;
     }
     rc = 0;
@@ -200,7 +211,7 @@ static int load_one(WeightFile *wf, const Param *p, float *host, char *problems,
             return -1;
         }
         char e2[256];
-        if (st_read_f32(&wf->f, t, host + off, e2, sizeof(e2)) != 0) {
+        if (st_read_f32(wf->f, t, host + off, e2, sizeof(e2)) != 0) {
             appendf(problems, plen, "  %s: %s\n", p->name, e2);
             (*nproblems)++;
             return -1;
@@ -210,9 +221,11 @@ static int load_one(WeightFile *wf, const Param *p, float *host, char *problems,
     return 0;
 }
 
-int weights_load(Detr *m, const char *path, char *err, size_t errlen) {
+int weights_load_file(Detr *m, const StFile *f, char *err, size_t errlen) {
     WeightFile wf;
-    if (wf_open(&wf, path, err, errlen) != 0) return -1;
+    memset(&wf, 0, sizeof(wf));
+    wf_index(&wf, f);
+    const char *path = f->path;
     ParamSet *ps = &m->ps;
     size_t plen = 16384;
     char *problems = calloc(plen, 1);
@@ -252,17 +265,24 @@ int weights_load(Detr *m, const char *path, char *err, size_t errlen) {
     return rc;
 }
 
-int weights_save(Detr *m, const char *path, char *err, size_t errlen) {
+int weights_load(Detr *m, const char *path, char *err, size_t errlen) {
+    StFile f;
+    if (st_open(path, &f, err, errlen) != 0) return -1;
+    int rc = weights_load_file(m, &f, err, errlen);
+    st_close(&f);
+    return rc;
+}
+
+void weights_add_to_writer(Detr *m, StWriter *w) {
     ParamSet *ps = &m->ps;
-    StWriter *w = st_writer_new();
-    float **host = calloc((size_t)ps->n, sizeof(float *));
     for (int i = 0; i < ps->n; i++) {
         const Param *p = &ps->p[i];
-        host[i] = malloc(p->numel * sizeof(float));
-        m->be->download(host[i], p->data, p->numel * sizeof(float));
+        float *host = malloc(p->numel * sizeof(float)); /* [numel] */
+        m->be->download(host, p->data, p->numel * sizeof(float));
         int64_t shape[PARAM_MAX_DIMS];
         for (int d = 0; d < p->ndim; d++) shape[d] = p->shape[d];
-        st_writer_add_f32(w, p->name, p->ndim, shape, host[i]);
+        st_writer_add_copy(w, p->name, ST_F32, p->ndim, shape, host);
+        free(host);
     }
     char nh[16];
     snprintf(nh, sizeof(nh), "%d", m->cfg.nheads);
@@ -270,9 +290,12 @@ int weights_save(Detr *m, const char *path, char *err, size_t errlen) {
     st_writer_meta(w, "dilation", m->cfg.dilation ? "true" : "false");
     st_writer_meta(w, "pre_norm", m->cfg.pre_norm ? "true" : "false");
     st_writer_meta(w, "format", "detr-c reference names");
+}
+
+int weights_save(Detr *m, const char *path, char *err, size_t errlen) {
+    StWriter *w = st_writer_new();
+    weights_add_to_writer(m, w);
     int rc = st_writer_save(w, path, err, errlen);
     st_writer_free(w);
-    for (int i = 0; i < ps->n; i++) free(host[i]);
-    free(host);
     return rc;
 }

@@ -1,0 +1,375 @@
+/* prof_schema.c - the database layout (version PROF_SCHEMA_VERSION), its creation and version
+ * check, and the rows written once per run. docs/profile-schema.md describes every column.
+ *
+ * Two families of tables:
+ *  - Nsight Systems-compatible tables, with nsys's exact table and column names and units (ns),
+ *    so that queries written for `nsys export --type sqlite` files (e.g. the nvtx_sum report)
+ *    run on ours: StringIds, NVTX_EVENTS, ENUM_NSYS_EVENT_TYPE, META_DATA_EXPORT,
+ *    TARGET_INFO_SYSTEM_ENV, TARGET_INFO_SESSION_START_TIME, ANALYSIS_DETAILS, PROCESSES,
+ *    ThreadNames, and TARGET_INFO_GPU (created lazily, GPU runs only, as nsys does).
+ *  - Our own tables, prefixed DETR_, with a run_id in every row. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "prof_internal.h"
+
+static const char *const schema_v1[] = {
+    /* nsys-compatible */
+    "CREATE TABLE StringIds (id INTEGER NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE META_DATA_EXPORT (name TEXT NOT NULL, value TEXT)",
+    "CREATE TABLE ENUM_NSYS_EVENT_TYPE (id INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, "
+    "label TEXT NOT NULL)",
+    "CREATE TABLE NVTX_EVENTS (start INTEGER NOT NULL, \"end\" INTEGER, eventType INTEGER NOT NULL, "
+    "rangeId INTEGER, category INTEGER, color INTEGER, text TEXT, globalTid INTEGER, "
+    "endGlobalTid INTEGER, textId INTEGER REFERENCES StringIds(id), domainId INTEGER, "
+    "uint64Value INTEGER, int64Value INTEGER, doubleValue REAL, uint32Value INTEGER, "
+    "int32Value INTEGER, floatValue REAL, jsonTextId INTEGER, jsonText TEXT, binaryData BLOB)",
+    "CREATE TABLE TARGET_INFO_SYSTEM_ENV (globalVid INTEGER NOT NULL, devStateName TEXT, "
+    "name TEXT NOT NULL, nameEnum INTEGER, value TEXT NOT NULL)",
+    "CREATE TABLE TARGET_INFO_SESSION_START_TIME (utcEpochNs INTEGER NOT NULL, utcTime TEXT NOT NULL, "
+    "localTime TEXT NOT NULL)",
+    "CREATE TABLE ANALYSIS_DETAILS (globalVid INTEGER NOT NULL, duration INTEGER NOT NULL, "
+    "startTime INTEGER NOT NULL, stopTime INTEGER NOT NULL)",
+    "CREATE TABLE PROCESSES (globalPid INTEGER, pid INTEGER, name TEXT)",
+    "CREATE TABLE ThreadNames (nameId INTEGER NOT NULL REFERENCES StringIds(id), priority INTEGER, "
+    "globalTid INTEGER)",
+    /* ours */
+    "CREATE TABLE DETR_RUNS (run_id INTEGER PRIMARY KEY AUTOINCREMENT, start_ns INTEGER NOT NULL, "
+    "end_ns INTEGER, status TEXT NOT NULL, exit_code INTEGER, level TEXT NOT NULL, device TEXT, "
+    "command_line TEXT, git_revision TEXT, hostname TEXT, cpu_model TEXT, cpu_cores INTEGER, "
+    "gpu TEXT, library_versions TEXT, config_json TEXT, peak_flops REAL, pid INTEGER, "
+    "global_pid INTEGER, schema_version INTEGER NOT NULL, "
+    "records_written INTEGER NOT NULL DEFAULT 0, dropped_records INTEGER NOT NULL DEFAULT 0, "
+    "dropped_steps INTEGER NOT NULL DEFAULT 0, dropped_ranges INTEGER NOT NULL DEFAULT 0, "
+    "write_failed_records INTEGER NOT NULL DEFAULT 0, range_errors INTEGER NOT NULL DEFAULT 0, "
+    "writer_cpu_ns INTEGER NOT NULL DEFAULT 0, writer_error TEXT)",
+    "CREATE TABLE DETR_STEPS (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), "
+    "step INTEGER NOT NULL, epoch INTEGER, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, "
+    "wall_ns INTEGER NOT NULL, data_wait_ns INTEGER, h2d_ns INTEGER, images INTEGER, loss REAL, "
+    "lr REAL, lr_backbone REAL, grad_norm REAL, images_per_s REAL, flops REAL, mfu REAL, "
+    "padded_fraction REAL)",
+    "CREATE TABLE DETR_LOSSES (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), "
+    "step INTEGER NOT NULL, name TEXT NOT NULL, value REAL)",
+    "CREATE TABLE DETR_PHASES (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), step INTEGER, "
+    "name_id INTEGER NOT NULL REFERENCES StringIds(id), start_ns INTEGER NOT NULL, "
+    "duration_ns INTEGER NOT NULL, depth INTEGER NOT NULL, global_tid INTEGER NOT NULL)",
+    "CREATE TABLE DETR_MEMORY (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), "
+    "step INTEGER NOT NULL, timestamp_ns INTEGER NOT NULL, category TEXT NOT NULL, "
+    "current_bytes INTEGER, peak_bytes INTEGER)",
+    "CREATE TABLE DETR_LOADER (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), step INTEGER, "
+    "wait_ns INTEGER, read_ns INTEGER, decode_ns INTEGER, augment_ns INTEGER, collate_ns INTEGER, "
+    "bytes_read INTEGER, queue_depth INTEGER, padded_fraction REAL, skipped INTEGER, "
+    "dropped_boxes INTEGER)",
+    "CREATE TABLE DETR_EVAL (eval_id INTEGER PRIMARY KEY, "
+    "run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), epoch INTEGER, step INTEGER, "
+    "timestamp_ns INTEGER NOT NULL, duration_ns INTEGER, images INTEGER, ap REAL, ap50 REAL, "
+    "ap75 REAL, ap_small REAL, ap_medium REAL, ap_large REAL, ar1 REAL, ar10 REAL, ar100 REAL, "
+    "ar_small REAL, ar_medium REAL, ar_large REAL)",
+    "CREATE TABLE DETR_EVAL_CATEGORIES (eval_id INTEGER NOT NULL REFERENCES DETR_EVAL(eval_id), "
+    "run_id INTEGER NOT NULL, category_id INTEGER NOT NULL, ap REAL)",
+    /* nsys creates no index; these serve the report's per-run queries and string interning */
+    "CREATE INDEX DETR_idx_stringids_value ON StringIds(value)",
+    "CREATE INDEX DETR_idx_nvtx_start ON NVTX_EVENTS(start)",
+    "CREATE INDEX DETR_idx_steps ON DETR_STEPS(run_id, step)",
+    "CREATE INDEX DETR_idx_losses ON DETR_LOSSES(run_id, step)",
+    "CREATE INDEX DETR_idx_phases ON DETR_PHASES(run_id, step)",
+    "CREATE INDEX DETR_idx_memory ON DETR_MEMORY(run_id, step)",
+    "CREATE INDEX DETR_idx_loader ON DETR_LOADER(run_id, step)",
+    "CREATE INDEX DETR_idx_eval_categories ON DETR_EVAL_CATEGORIES(eval_id)",
+    /* fixed rows */
+    "INSERT INTO ENUM_NSYS_EVENT_TYPE VALUES (34, 'NvtxMark', 'NVTX Mark'), "
+    "(59, 'NvtxPushPopRange', 'NVTX PushPop Range'), "
+    "(60, 'NvtxStartEndRange', 'NVTX StartEnd Range'), "
+    "(75, 'NvtxDomainCreate', 'NVTX Domain Create')",
+    /* EXPORT_SCHEMA_VERSION: the nsys export layout whose columns we mirror (2024.6 dump);
+     * EXPORT_PRODUCT_VERSION names our producer, not an nsys release. */
+    "INSERT INTO META_DATA_EXPORT VALUES ('EXPORT_SCHEMA_VERSION', '3.16.1'), "
+    "('EXPORT_PRODUCT_VERSION', 'detr-train profiler'), ('DETR_SCHEMA_VERSION', '1')",
+};
+
+/* TARGET_INFO_GPU: nsys's column names for the facts a CUDA device query gives. vmId carries
+ * the run id (see docs). */
+static const char *const gpu_table_sql =
+    "CREATE TABLE IF NOT EXISTS TARGET_INFO_GPU (vmId INTEGER NOT NULL, id INTEGER NOT NULL, "
+    "name TEXT, busLocation TEXT, uuid TEXT, chipName TEXT, totalMemory INTEGER, "
+    "memoryBandwidth INTEGER, clockRate INTEGER, smCount INTEGER, l2CacheSize INTEGER, "
+    "computeMajor INTEGER, computeMinor INTEGER, smMajor INTEGER, smMinor INTEGER, "
+    "cuDevice INTEGER, maxThreadsPerBlock INTEGER, maxWarpsPerSm INTEGER, maxBlocksPerSm INTEGER, "
+    "maxRegistersPerSm INTEGER, maxRegistersPerBlock INTEGER, maxShmemPerSm INTEGER, "
+    "maxShmemPerBlock INTEGER, maxShmemPerBlockOptin INTEGER, threadsPerWarp INTEGER, "
+    "asyncEngines INTEGER, isDiscrete INTEGER)";
+
+const char *const prof_gpu_insert_sql =
+    "INSERT INTO TARGET_INFO_GPU (vmId, id, name, busLocation, uuid, chipName, totalMemory, "
+    "memoryBandwidth, clockRate, smCount, l2CacheSize, computeMajor, computeMinor, smMajor, "
+    "smMinor, cuDevice, maxThreadsPerBlock, maxWarpsPerSm, maxBlocksPerSm, maxRegistersPerSm, "
+    "maxRegistersPerBlock, maxShmemPerSm, maxShmemPerBlock, maxShmemPerBlockOptin, "
+    "threadsPerWarp, asyncEngines, isDiscrete) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+    "?,?,?,?,?)";
+
+int prof_schema_create_gpu_table(sqlite3 *db) {
+    return sqlite3_exec(db, gpu_table_sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+static int query_int(sqlite3 *db, const char *sql, int64_t *out) {
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) return -1;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) *out = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+static int create_schema(sqlite3 *db, const char *path, char *err, size_t errlen) {
+    for (size_t i = 0; i < sizeof(schema_v1) / sizeof(schema_v1[0]); i++) {
+        char *msg = NULL;
+        if (sqlite3_exec(db, schema_v1[i], NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "profile database %s: cannot create the schema: %s", path,
+                     msg ? msg : sqlite3_errmsg(db));
+            sqlite3_free(msg);
+            return -1;
+        }
+    }
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", PROF_SCHEMA_VERSION);
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "profile database %s: cannot set the schema version: %s", path,
+                 sqlite3_errmsg(db));
+        return -1;
+    }
+    return 0;
+}
+
+int prof_schema_check_or_create(sqlite3 *db, const char *path, char *err, size_t errlen) {
+    int64_t version = 0, n_tables = 0, has_runs = 0;
+    if (query_int(db, "PRAGMA user_version", &version) != 0 ||
+        query_int(db, "SELECT count(*) FROM sqlite_master", &n_tables) != 0) {
+        snprintf(err, errlen, "profile database %s: cannot read it: %s; HINT: is it a SQLite "
+                 "file? choose another path with --db", path, sqlite3_errmsg(db));
+        return -1;
+    }
+    if (version == 0 && n_tables == 0) return create_schema(db, path, err, errlen);
+    if (version == 0) {
+        snprintf(err, errlen, "profile database %s: the file holds other tables and no detr "
+                 "schema version (PRAGMA user_version = 0), so it is not a detr profile; "
+                 "HINT: choose another path with --db", path);
+        return -1;
+    }
+    if (version > PROF_SCHEMA_VERSION) {
+        snprintf(err, errlen, "profile database %s: written by a newer detr-train (schema "
+                 "version %lld; this build writes version %d and cannot add runs to newer "
+                 "files); HINT: use a newer build, or another path with --db", path,
+                 (long long)version, PROF_SCHEMA_VERSION);
+        return -1;
+    }
+    /* version <= ours: version 1 is the first, so there is nothing to migrate yet. A later
+     * version adds its migration steps here (docs/profile-schema.md, "Versioning"). */
+    if (query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                      "name = 'DETR_RUNS'", &has_runs) != 0 || !has_runs) {
+        snprintf(err, errlen, "profile database %s: schema version %lld but no DETR_RUNS table: "
+                 "the file is damaged or not a detr profile; HINT: choose another path with --db",
+                 path, (long long)version);
+        return -1;
+    }
+    return 0;
+}
+
+/* Binds text or NULL. */
+static void bind_text(sqlite3_stmt *s, int i, const char *v) {
+    if (v) sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(s, i);
+}
+
+static int exec_bound(sqlite3 *db, const char *sql, const char *what, const char *path,
+                      char *err, size_t errlen, void (*bind)(sqlite3_stmt *, const void *),
+                      const void *ctx) {
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        bind(s, ctx);
+        rc = sqlite3_step(s);
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "profile database %s: cannot write %s: %s", path, what,
+                 sqlite3_errmsg(db));
+        sqlite3_finalize(s);
+        return -1;
+    }
+    sqlite3_finalize(s);
+    return 0;
+}
+
+typedef struct {
+    const Prof *p;
+    const ProfRunInfo *info;
+    int64_t start_ns;
+    const char *hostname, *cpu_model;
+    int cores;
+} RunCtx;
+
+static void bind_run(sqlite3_stmt *s, const void *vctx) {
+    const RunCtx *c = vctx;
+    const ProfRunInfo *in = c->info;
+    sqlite3_bind_int64(s, 1, c->start_ns);
+    sqlite3_bind_text(s, 2, c->p->opt.level == PROF_TRACE ? "trace" : "basic", -1, SQLITE_STATIC);
+    bind_text(s, 3, in->device);
+    bind_text(s, 4, in->command_line);
+    bind_text(s, 5, in->git_revision);
+    bind_text(s, 6, c->hostname);
+    bind_text(s, 7, c->cpu_model);
+    sqlite3_bind_int(s, 8, c->cores);
+    bind_text(s, 9, in->gpu);
+    bind_text(s, 10, in->library_versions);
+    bind_text(s, 11, in->config_json);
+    if (in->peak_flops > 0) sqlite3_bind_double(s, 12, in->peak_flops);
+    else sqlite3_bind_null(s, 12);
+    sqlite3_bind_int64(s, 13, c->p->pid);
+    sqlite3_bind_int64(s, 14, c->p->global_pid);
+    sqlite3_bind_int(s, 15, PROF_SCHEMA_VERSION);
+}
+
+typedef struct {
+    int64_t vid;
+    const char *name, *value;
+} EnvRow;
+
+static void bind_env(sqlite3_stmt *s, const void *vctx) {
+    const EnvRow *e = vctx;
+    sqlite3_bind_int64(s, 1, e->vid);
+    sqlite3_bind_text(s, 2, e->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, e->value, -1, SQLITE_TRANSIENT);
+}
+
+static int insert_system_env(Prof *p, const RunCtx *c, char *err, size_t errlen) {
+    char cores[32], arch[64];
+    snprintf(cores, sizeof(cores), "%d", c->cores);
+    prof_os_arch(arch, sizeof(arch));
+    const EnvRow rows[] = {{p->run_id, "Hostname", c->hostname},
+                           {p->run_id, "CpuCores", cores},
+                           {p->run_id, "CpuArchitecture", arch}};
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        if (exec_bound(p->db, "INSERT INTO TARGET_INFO_SYSTEM_ENV (globalVid, name, value) "
+                              "VALUES (?, ?, ?)", "TARGET_INFO_SYSTEM_ENV", p->path, err, errlen,
+                       bind_env, &rows[i]) != 0)
+            return -1;
+    return 0;
+}
+
+typedef struct {
+    const Prof *p;
+    int64_t start_ns, name_id, domain_name_id, global_tid;
+    const char *utc, *local, *process_name;
+} RunRowsCtx;
+
+static void bind_session(sqlite3_stmt *s, const void *v) {
+    const RunRowsCtx *c = v;
+    sqlite3_bind_int64(s, 1, c->start_ns);
+    sqlite3_bind_text(s, 2, c->utc, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, c->local, -1, SQLITE_TRANSIENT);
+}
+
+static void bind_analysis(sqlite3_stmt *s, const void *v) {
+    const RunRowsCtx *c = v;
+    sqlite3_bind_int64(s, 1, c->p->run_id);
+    sqlite3_bind_int64(s, 2, c->start_ns);
+    sqlite3_bind_int64(s, 3, c->start_ns);
+}
+
+static void bind_process(sqlite3_stmt *s, const void *v) {
+    const RunRowsCtx *c = v;
+    sqlite3_bind_int64(s, 1, c->p->global_pid);
+    sqlite3_bind_int64(s, 2, c->p->pid);
+    sqlite3_bind_text(s, 3, c->process_name, -1, SQLITE_TRANSIENT);
+}
+
+static void bind_thread(sqlite3_stmt *s, const void *v) {
+    const RunRowsCtx *c = v;
+    sqlite3_bind_int64(s, 1, c->name_id);
+    sqlite3_bind_int64(s, 2, c->global_tid);
+}
+
+static void bind_domain(sqlite3_stmt *s, const void *v) {
+    const RunRowsCtx *c = v;
+    sqlite3_bind_int64(s, 1, c->start_ns);
+    sqlite3_bind_int(s, 2, PROF_NVTX_DOMAIN_CREATE);
+    sqlite3_bind_text(s, 3, PROF_NVTX_DOMAIN_NAME, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, c->global_tid);
+    sqlite3_bind_int64(s, 5, c->domain_name_id);
+    sqlite3_bind_int(s, 6, PROF_NVTX_DOMAIN_ID);
+    sqlite3_bind_int64(s, 7, c->p->global_pid);
+}
+
+static void format_times(int64_t ns, char *utc, char *local, size_t n) {
+    time_t t = (time_t)(ns / 1000000000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(utc, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    localtime_r(&t, &tm);
+    strftime(local, n, "%Y-%m-%dT%H:%M:%S%z", &tm);
+}
+
+static void process_name(char *out, size_t n) {
+    FILE *f = fopen("/proc/self/comm", "r");
+    out[0] = 0;
+    if (f) {
+        if (fgets(out, (int)n, f)) out[strcspn(out, "\n")] = 0;
+        fclose(f);
+    }
+}
+
+/* Process, thread, session and NVTX-domain rows of the run. */
+static int insert_nsys_run_rows(Prof *p, int64_t start_ns, char *err, size_t errlen) {
+    char utc[64], local[64], pname[64], tname[64];
+    format_times(start_ns, utc, local, sizeof(utc));
+    process_name(pname, sizeof(pname));
+    if (pthread_getname_np(pthread_self(), tname, sizeof(tname)) != 0 || !tname[0])
+        snprintf(tname, sizeof(tname), "%s", pname);
+    RunRowsCtx c = {p, start_ns, prof_intern_string(p, tname),
+                    prof_intern_string(p, PROF_NVTX_DOMAIN_NAME), prof_global_tid(),
+                    utc, local, pname};
+    if (c.name_id < 0 || c.domain_name_id < 0) {
+        snprintf(err, errlen, "profile database %s: cannot write StringIds: %s", p->path,
+                 sqlite3_errmsg(p->db));
+        return -1;
+    }
+    if (exec_bound(p->db, "INSERT INTO TARGET_INFO_SESSION_START_TIME VALUES (?, ?, ?)",
+                   "TARGET_INFO_SESSION_START_TIME", p->path, err, errlen, bind_session, &c) ||
+        exec_bound(p->db, "INSERT INTO ANALYSIS_DETAILS VALUES (?, 0, ?, ?)", "ANALYSIS_DETAILS",
+                   p->path, err, errlen, bind_analysis, &c) ||
+        exec_bound(p->db, "INSERT INTO PROCESSES SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
+                          "(SELECT 1 FROM PROCESSES WHERE globalPid = ?1 AND name = ?3)",
+                   "PROCESSES", p->path, err, errlen, bind_process, &c) ||
+        exec_bound(p->db, "INSERT INTO ThreadNames SELECT ?1, 0, ?2 WHERE NOT EXISTS "
+                          "(SELECT 1 FROM ThreadNames WHERE globalTid = ?2 AND nameId = ?1)",
+                   "ThreadNames", p->path, err, errlen, bind_thread, &c))
+        return -1;
+    /* One domain-create row per process: nsys reports join ranges to domains on domainId and
+     * the process bits of globalTid, so a second row for the same process would count every
+     * range twice. */
+    return exec_bound(p->db, "INSERT INTO NVTX_EVENTS (start, eventType, text, globalTid, textId, "
+                             "domainId) SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 "
+                             "FROM NVTX_EVENTS WHERE eventType = ?2 AND domainId = ?6 AND "
+                             "(globalTid & 0x0000FFFFFF000000) = ?7)",
+                      "NVTX_EVENTS", p->path, err, errlen, bind_domain, &c);
+}
+
+int prof_schema_insert_run(Prof *p, const ProfRunInfo *info, int64_t start_ns, char *err,
+                           size_t errlen) {
+    char host[256] = "", cpu[256] = "";
+    if (info->hostname) snprintf(host, sizeof(host), "%s", info->hostname);
+    else if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+    if (info->cpu_model) snprintf(cpu, sizeof(cpu), "%s", info->cpu_model);
+    else prof_cpu_model(cpu, sizeof(cpu));
+    int cores = info->cpu_cores > 0 ? info->cpu_cores : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    RunCtx c = {p, info, start_ns, host, cpu, cores};
+    if (exec_bound(p->db, "INSERT INTO DETR_RUNS (start_ns, status, level, device, command_line, "
+                          "git_revision, hostname, cpu_model, cpu_cores, gpu, library_versions, "
+                          "config_json, peak_flops, pid, global_pid, schema_version) VALUES "
+                          "(?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
+                          "?14, ?15)", "DETR_RUNS", p->path, err, errlen, bind_run, &c) != 0)
+        return -1;
+    p->run_id = sqlite3_last_insert_rowid(p->db);
+    if (insert_system_env(p, &c, err, errlen) != 0) return -1;
+    return insert_nsys_run_rows(p, start_ns, err, errlen);
+}

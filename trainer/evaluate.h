@@ -1,0 +1,28 @@
+/* evaluate.h - COCO evaluation of the model on a dataset split: the val transform through the
+ * data loader, eval-mode forward, the reference PostProcess (every query reported with its best
+ * real class, boxes in original-image pixels) and COCO bbox AP (trainer/coco_eval.h). */
+#ifndef DETR_EVALUATE_H
+#define DETR_EVALUATE_H
+#include <stddef.h>
+#include "../dataloader/dataset.h"
+#include "coco_eval.h"
+#include "detr.h"
+
+typedef struct {
+    int batch, workers;
+    int val_size, max_size;   /* val transform: short side, longest side (0 = 800 / 1333) */
+    const char *detections_out; /* COCO result JSON written here (NULL = none) */
+} EvalOptions;
+
+typedef struct {
+    CocoEvalResult r;         /* stats[12], per-category AP */
+    int images;
+    double seconds;
+} EvalSummary;
+
+/* Evaluates m on ds against the ground truth gt (loaded from ds's annotation file).
+ * Returns 0 or -1 with err. Free out->r with coco_eval_result_free. */
+int evaluate_dataset(Detr *m, const Dataset *ds, CocoEval *gt, const EvalOptions *o,
+                     EvalSummary *out, char *err, size_t errlen);
+
+#endif
