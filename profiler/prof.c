@@ -42,7 +42,7 @@ uint32_t prof_phase_color(int phase) {
 
 void prof_options_default(ProfOptions *o, ProfLevel level) {
     o->level = level == PROF_TRACE ? PROF_TRACE : PROF_BASIC;
-    o->queue_capacity = 1024;
+    o->queue_capacity = 4096;
     o->flush_interval_ms = 100;
     o->busy_timeout_ms = 5000;
 }
@@ -51,12 +51,23 @@ void prof_options_default(ProfOptions *o, ProfLevel level) {
 
 /* Copies size bytes of payload into the next slot. Never blocks on the writer: a full queue
  * drops the record and counts it. Returns 0, or -1 when dropped. */
+static void count_drop_locked(Prof *p, RecordKind kind) {
+    p->c.dropped++;
+    if (kind == REC_STEP) p->c.dropped_steps++;
+    if (kind == REC_RANGE) p->c.dropped_ranges++;
+}
+
+/* A record lost before reaching the queue (out of memory for its copy). */
+static void count_drop(Prof *p, RecordKind kind) {
+    pthread_mutex_lock(&p->mu);
+    count_drop_locked(p, kind);
+    pthread_mutex_unlock(&p->mu);
+}
+
 static int enqueue(Prof *p, RecordKind kind, const void *payload, size_t size) {
     pthread_mutex_lock(&p->mu);
     if (p->stop || p->head - p->tail >= p->cap) {
-        p->c.dropped++;
-        if (kind == REC_STEP) p->c.dropped_steps++;
-        if (kind == REC_RANGE) p->c.dropped_ranges++;
+        count_drop_locked(p, kind);
         pthread_mutex_unlock(&p->mu);
         return -1;
     }
@@ -228,19 +239,24 @@ void prof_step_end(Prof *p, const ProfStepRecord *r) {
     } else {
         atomic_fetch_add(&p->range_errors, 1); /* no prof_step_begin, or unbalanced ranges */
     }
-    ProfStepRecord rec = *r;
-    if (rec.step < 0) rec.step = current_step(p);
-    if (rec.epoch < 0) rec.epoch = atomic_load_explicit(&p->cur_epoch, memory_order_relaxed);
-    if (rec.start_ns <= 0) rec.start_ns = start_ns;
-    if (rec.end_ns <= 0) rec.end_ns = end_ns;
-    if (rec.n_losses > PROF_MAX_LOSSES) rec.n_losses = PROF_MAX_LOSSES;
-    if (rec.n_mem > PROF_MAX_MEM) rec.n_mem = PROF_MAX_MEM;
-    if (rec.n_losses < 0) rec.n_losses = 0;
-    if (rec.n_mem < 0) rec.n_mem = 0;
-    int64_t rss = rec.rss_bytes >= 0 ? rec.rss_bytes : prof_rss_from_statm(p->statm_fd);
+    ProfStepRecord *rec = malloc(sizeof(*rec));
+    if (!rec) {
+        count_drop(p, REC_STEP);
+        return;
+    }
+    *rec = *r;
+    if (rec->step < 0) rec->step = current_step(p);
+    if (rec->epoch < 0) rec->epoch = atomic_load_explicit(&p->cur_epoch, memory_order_relaxed);
+    if (rec->start_ns <= 0) rec->start_ns = start_ns;
+    if (rec->end_ns <= 0) rec->end_ns = end_ns;
+    if (rec->n_losses > PROF_MAX_LOSSES) rec->n_losses = PROF_MAX_LOSSES;
+    if (rec->n_mem > PROF_MAX_MEM) rec->n_mem = PROF_MAX_MEM;
+    if (rec->n_losses < 0) rec->n_losses = 0;
+    if (rec->n_mem < 0) rec->n_mem = 0;
+    int64_t rss = rec->rss_bytes >= 0 ? rec->rss_bytes : prof_rss_from_statm(p->statm_fd);
     int64_t peak = prof_peak_rss_hiwater();
-    prof_step_add_memory(&rec, "process_rss", rss, peak > rss ? peak : rss);
-    enqueue(p, REC_STEP, &rec, sizeof(rec));
+    prof_step_add_memory(rec, "process_rss", rss, peak > rss ? peak : rss);
+    if (enqueue(p, REC_STEP, &rec, sizeof(rec)) != 0) free(rec);
 }
 
 void prof_loader_record_init(ProfLoaderRecord *r) {
@@ -264,9 +280,7 @@ int prof_eval(Prof *p, const ProfEvalRecord *r) {
     int n = r->n_categories > 0 && r->per_category ? r->n_categories : 0;
     EvalCopy *e = malloc(sizeof(EvalCopy) + (size_t)n * sizeof(ProfCategoryAP));
     if (!e) {
-        pthread_mutex_lock(&p->mu);
-        p->c.dropped++;
-        pthread_mutex_unlock(&p->mu);
+        count_drop(p, REC_EVAL);
         return -1;
     }
     e->rec = *r;
@@ -285,7 +299,10 @@ int prof_eval(Prof *p, const ProfEvalRecord *r) {
 int prof_gpu_info(Prof *p, const ProfGpuInfo *g) {
     if (!p) return 0;
     ProfGpuInfo *copy = malloc(sizeof(*copy));
-    if (!copy) return -1;
+    if (!copy) {
+        count_drop(p, REC_GPU);
+        return -1;
+    }
     *copy = *g;
     /* the writer reads the names as C strings */
     copy->name[sizeof(copy->name) - 1] = 0;
@@ -407,7 +424,8 @@ static int start_run(Prof *p, const ProfRunInfo *info, char *err, size_t errlen)
 
 static int init_queue(Prof *p, char *err, size_t errlen) {
     p->cap = p->opt.queue_capacity;
-    p->wake_at = p->cap / 2 > 0 ? p->cap / 2 : 1;
+    /* wake the writer at a quarter full: three quarters stay free while it gets scheduled */
+    p->wake_at = p->cap / 4 > 0 ? p->cap / 4 : 1;
     p->slots = calloc((size_t)p->cap, sizeof(Record));
     if (!p->slots) {
         snprintf(err, errlen, "profiler: out of memory for a queue of %lld records",
@@ -455,7 +473,7 @@ Prof *prof_open_opts(const char *db_path, const ProfRunInfo *info, const ProfOpt
     p->statm_fd = -1;
     p->opt = *opt;
     if (p->opt.level != PROF_TRACE) p->opt.level = PROF_BASIC;
-    if (p->opt.queue_capacity < 1) p->opt.queue_capacity = 1024;
+    if (p->opt.queue_capacity < 1) p->opt.queue_capacity = 4096;
     if (p->opt.flush_interval_ms < 1) p->opt.flush_interval_ms = 100;
     if (p->opt.busy_timeout_ms < 0) p->opt.busy_timeout_ms = 0;
     p->pid = getpid();

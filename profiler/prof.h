@@ -22,7 +22,7 @@
  *
  * Cost and blocking: the recording functions never touch SQLite. They copy the record into a
  * bounded in-memory queue under a mutex (a few hundred ns); a writer thread drains it in
- * transactions (one per flush interval or per half-full queue). When the queue is full the record
+ * transactions (one per flush interval or per quarter-full queue). When the queue is full the record
  * is dropped and counted (DETR_RUNS.dropped_records), the producer never waits.
  *
  * Threads: records and ranges may come from any thread. A range is popped on the thread that
@@ -171,7 +171,8 @@ typedef struct {
 /* Tuning knobs; prof_open uses prof_options_default's values. */
 typedef struct {
     ProfLevel level;
-    int queue_capacity;     /* records the queue holds, default 1024 (about 3 MiB) */
+    int queue_capacity;     /* records the queue holds, default 4096 (~100 B a slot; a step
+                               record's ~3 KB copy is allocated while it waits) */
     int flush_interval_ms;  /* longest a record waits before its transaction, default 100 */
     int busy_timeout_ms;    /* how long a write waits for another connection's lock, default 5000 */
 } ProfOptions;

@@ -34,17 +34,17 @@ typedef struct {
 typedef struct {
     RecordKind kind;
     union {
-        ProfStepRecord step;
+        ProfStepRecord *step;  /* heap copies keep the slots small (a step record is ~3 KB) */
         RangeRecord range;
         ProfLoaderRecord loader;
-        EvalCopy *eval;        /* owned by the record; freed once written or dropped */
-        ProfGpuInfo *gpu;      /* same */
+        EvalCopy *eval;
+        ProfGpuInfo *gpu;      /* step, eval, gpu: owned by the record, freed once written */
     } u;
 } Record;
 
 typedef struct {
     sqlite3_stmt *begin, *commit, *rollback;
-    sqlite3_stmt *step, *loss, *phase, *nvtx, *mem, *loader, *eval, *eval_cat, *gpu;
+    sqlite3_stmt *step, *phase, *nvtx, *mem, *loader, *eval, *eval_cat, *gpu;
     sqlite3_stmt *counters;     /* UPDATE DETR_RUNS SET records_written = ..., dropped = ... */
     sqlite3_stmt *str_find, *str_insert;
 } Statements;
@@ -111,7 +111,7 @@ int prof_writer_finish(Prof *p, int exit_code, int64_t end_ns, char *msg, size_t
 uint32_t prof_phase_color(int phase);  /* ARGB of a phase (-1: free text); prof.c */
 /* StringIds id of s (inserted when missing); -1 on a database error. */
 int64_t prof_intern_string(Prof *p, const char *s);
-void prof_record_release(Record *r);   /* frees a heap payload (eval, gpu) */
+void prof_record_release(Record *r);   /* frees a heap payload (step, eval, gpu) */
 
 /* prof_sysinfo.c */
 int64_t prof_thread_id(void);          /* the kernel thread id, cached per thread */

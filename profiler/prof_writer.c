@@ -1,5 +1,5 @@
 /* prof_writer.c - the writer thread: drains the queue into SQLite, one transaction per batch
- * (every flush interval, or sooner when the queue is half full), and the run's final update.
+ * (every flush interval, or sooner when the queue is a quarter full), and the run's final update.
  *
  * Durability: the database is in WAL mode with synchronous=NORMAL, so a committed batch survives
  * a crash of the process (kill -9) and the file is always consistent; a power loss may lose the
@@ -31,8 +31,8 @@ int prof_writer_prepare(Prof *p, char *err, size_t errlen) {
         {&st->rollback, "ROLLBACK"},
         {&st->step, "INSERT INTO DETR_STEPS (run_id, step, epoch, start_ns, end_ns, wall_ns, "
                     "data_wait_ns, h2d_ns, images, loss, lr, lr_backbone, grad_norm, images_per_s, "
-                    "flops, mfu, padded_fraction) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
-        {&st->loss, "INSERT INTO DETR_LOSSES (run_id, step, name, value) VALUES (?,?,?,?)"},
+                    "flops, mfu, padded_fraction, losses_json) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
         {&st->phase, "INSERT INTO DETR_PHASES (run_id, step, name_id, start_ns, duration_ns, depth, "
                      "global_tid) VALUES (?,?,?,?,?,?,?)"},
         {&st->nvtx, "INSERT INTO NVTX_EVENTS (start, \"end\", eventType, color, text, globalTid, "
@@ -149,6 +149,44 @@ static int write_range(Prof *p, const RangeRecord *r) {
     return run(s);
 }
 
+/* Appends s as a JSON string (quotes, backslashes and control characters escaped). */
+static size_t json_string(char *out, size_t cap, size_t at, const char *s) {
+    if (at < cap) out[at++] = '"';
+    for (; *s && at + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[at++] = '\\';
+            out[at++] = (char)ch;
+        } else if (ch < 0x20) {
+            at += (size_t)snprintf(out + at, cap - at, "\\u%04x", ch);
+        } else {
+            out[at++] = (char)ch;
+        }
+    }
+    if (at < cap) out[at++] = '"';
+    return at;
+}
+
+/* {"loss_ce":0.5,...}: %.17g keeps every double exactly; NaN and infinity (not JSON) are null.
+ * Returns the length, or 0 when there are no terms. */
+static size_t losses_json(const ProfStepRecord *r, char *out, size_t cap) {
+    if (r->n_losses <= 0) return 0;
+    size_t at = 0;
+    out[at++] = '{';
+    for (int i = 0; i < r->n_losses && at + 64 < cap; i++) {
+        if (i) out[at++] = ',';
+        at = json_string(out, cap - 32, at, r->losses[i].name);
+        out[at++] = ':';
+        double v = r->losses[i].value;
+        int n = isfinite(v) ? snprintf(out + at, cap - at, "%.17g", v)
+                            : snprintf(out + at, cap - at, "null");
+        at += (size_t)n;
+    }
+    out[at++] = '}';
+    out[at] = 0;
+    return at;
+}
+
 static int write_step(Prof *p, const ProfStepRecord *r) {
     sqlite3_stmt *s = p->st.step;
     int64_t wall = r->end_ns - r->start_ns;
@@ -173,15 +211,10 @@ static int write_step(Prof *p, const ProfStepRecord *r) {
     bind_real(s, 15, r->flops);
     bind_real(s, 16, mfu);
     bind_real(s, 17, r->padded_fraction);
+    char json[PROF_MAX_LOSSES * (6 * PROF_NAME_LEN + 32) + 8]; /* every name fully escaped */
+    size_t len = losses_json(r, json, sizeof(json));
+    if (len) sqlite3_bind_text(s, 18, json, (int)len, SQLITE_STATIC);
     if (run(s) != 0) return -1;
-    for (int i = 0; i < r->n_losses; i++) {
-        s = p->st.loss;
-        sqlite3_bind_int64(s, 1, p->run_id);
-        sqlite3_bind_int64(s, 2, r->step);
-        sqlite3_bind_text(s, 3, r->losses[i].name, -1, SQLITE_STATIC);
-        bind_real(s, 4, r->losses[i].value);
-        if (run(s) != 0) return -1;
-    }
     for (int i = 0; i < r->n_mem; i++) {
         s = p->st.mem;
         sqlite3_bind_int64(s, 1, p->run_id);
@@ -266,7 +299,7 @@ static int write_gpu(Prof *p, const ProfGpuInfo *g) {
 
 static int write_record(Prof *p, const Record *r) {
     switch (r->kind) {
-    case REC_STEP: return write_step(p, &r->u.step);
+    case REC_STEP: return write_step(p, r->u.step);
     case REC_RANGE: return write_range(p, &r->u.range);
     case REC_LOADER: return write_loader(p, &r->u.loader);
     case REC_EVAL: return write_eval(p, r->u.eval);
@@ -276,6 +309,7 @@ static int write_record(Prof *p, const Record *r) {
 }
 
 void prof_record_release(Record *r) {
+    if (r->kind == REC_STEP) free(r->u.step);
     if (r->kind == REC_EVAL) free(r->u.eval);
     if (r->kind == REC_GPU) free(r->u.gpu);
     r->kind = REC_RANGE; /* nothing owned any more */

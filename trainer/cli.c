@@ -40,7 +40,8 @@ static int set_value(const CliOption *o, const char *v) {
         *(float *)o->dst = x;
         break;
     }
-    case OPT_STR: *(const char **)o->dst = v; break;
+    case OPT_STR:
+    case OPT_OPTSTR: *(const char **)o->dst = v; break;
     case OPT_SIZE:
         if (mem_parse_size(v, (size_t *)o->dst) != 0) goto bad;
         break;
@@ -81,6 +82,11 @@ int cli_parse(int argc, char **argv, const CliOption *opts, int nopts, const cha
                 return -1;
             }
             *(int *)o->dst = 1;
+            if (o->was_set) *o->was_set = 1;
+            continue;
+        }
+        if (o->kind == OPT_OPTSTR && !eq && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
+            *(const char **)o->dst = "";
             if (o->was_set) *o->was_set = 1;
             continue;
         }

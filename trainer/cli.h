@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include "config.h"
 
-typedef enum { OPT_INT, OPT_FLOAT, OPT_STR, OPT_FLAG, OPT_SIZE, OPT_U64 } OptKind;
+/* OPT_OPTSTR: a string whose value may be left out ("--resume" alone sets ""); a value is taken
+ * from "--name=value" or from the next argument unless that starts with "--". */
+typedef enum { OPT_INT, OPT_FLOAT, OPT_STR, OPT_FLAG, OPT_SIZE, OPT_U64, OPT_OPTSTR } OptKind;
 
 typedef struct {
     const char *name;   /* without the leading "--" */

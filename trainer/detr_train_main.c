@@ -53,6 +53,8 @@ static int parse_args(int argc, char **argv, Args *a) {
     t->seed = 42;
     t->out = "out";
     t->eval_every = 1;
+    t->accum = 1;
+    t->keep_last = 3;
     CliOption o[64] = {
         {"weights", OPT_STR, &a->weights, "FILE", "initial weights (safetensors); shape inferred", NULL},
         {"inputs", OPT_STR, &a->inputs, "FILE", "golden mode: images/mask safetensors", NULL},
@@ -84,6 +86,10 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"threads", OPT_INT, &a->threads, "N", "CPU threads (default: all cores)", NULL},
         {"log-every", OPT_INT, &t->log_every, "N", "print a progress line every N steps (default 10)", NULL},
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
+        {"accum", OPT_INT, &t->accum, "N", "gradient accumulation: N batches per optimizer step (default 1)", NULL},
+        {"resume", OPT_OPTSTR, &t->resume, "[PATH]", "continue from a checkpoint file or folder (default: the latest in --out)", NULL},
+        {"checkpoint-every", OPT_INT, &t->checkpoint_every, "N", "checkpoint every N steps (default 0: each epoch end; always at the end)", NULL},
+        {"keep-last", OPT_INT, &t->keep_last, "N", "checkpoints kept in --out (default 3; 0 = all)", NULL},
         {"val-ann", OPT_STR, &t->val_ann, "FILE", "val instances JSON (with --val-images)", NULL},
         {"val-images", OPT_STR, &t->val_images, "DIR", "image folder of --val-ann", NULL},
         {"eval-every", OPT_INT, &t->eval_every, "N", "COCO evaluation on the val split every N epochs and at the end (default 1; 0 = never)", NULL},
@@ -93,7 +99,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 38;
+    int n = 42;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
@@ -129,6 +135,10 @@ static int parse_args(int argc, char **argv, Args *a) {
     }
     if (a->eval_only && !a->weights) {
         fprintf(stderr, "error: --eval-only needs --weights (the model to evaluate)\n");
+        return -1;
+    }
+    if (t->accum < 1 || t->checkpoint_every < 0 || t->keep_last < 0) {
+        fprintf(stderr, "error: --accum must be >= 1, --checkpoint-every and --keep-last >= 0\n");
         return -1;
     }
     if (t->eval_every < 0 || t->val_size < 0) {

@@ -21,6 +21,10 @@ typedef struct {
     int eval_every, val_size;
     /* schedule */
     int epochs, steps;  /* steps > 0 stops early */
+    int accum;          /* micro-batches per optimizer step (effective batch = batch x accum) */
+    /* checkpoints in out: every checkpoint_every steps (0 = at each epoch end) and at the end */
+    int checkpoint_every, keep_last;
+    const char *resume; /* NULL = fresh start; "" = latest in out; else a file or folder */
     int log_every;
     uint64_t seed;
     OptimConfig oc;

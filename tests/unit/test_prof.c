@@ -168,14 +168,14 @@ static void test_schema_creation(void) {
     int missing = 0;
     for (size_t i = 0; i < sizeof(expected_tables) / sizeof(expected_tables[0]); i++) {
         char sql[256];
-        snprintf(sql, sizeof(sql), "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
-                 "name='%s'", expected_tables[i]);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM sqlite_master WHERE type IN ('table', "
+                 "'view') AND name='%s'", expected_tables[i]);
         if (q_int(db, sql) != 1) {
             printf("  missing table %s\n", expected_tables[i]);
             missing++;
         }
     }
-    CHECK("every table exists", missing == 0, "%d missing", missing);
+    CHECK("every table (and the DETR_LOSSES view) exists", missing == 0, "%d missing", missing);
     CHECK("TARGET_INFO_GPU absent on a CPU run (nsys creates tables lazily)",
           q_int(db, "SELECT count(*) FROM sqlite_master WHERE name='TARGET_INFO_GPU'") == 0, "");
     CHECK("ENUM_NSYS_EVENT_TYPE 59", q_int(db, "SELECT count(*) FROM ENUM_NSYS_EVENT_TYPE WHERE "
@@ -884,8 +884,9 @@ static void test_threads(void) {
 
 #define KILL_LOSSES 10
 
-/* The child: writes steps (10 losses each, 3 memory rows) and ranges until it is killed. */
-static void kill_child(const char *path) {
+/* The child: opens a run, tells the parent (one byte on ready_fd), then writes steps (10 losses
+ * each, 3 memory rows) and ranges until it is killed. */
+static void kill_child(const char *path, int ready_fd) {
     char err[1024];
     ProfRunInfo in = test_info("detr-train (killed)");
     ProfOptions o;
@@ -893,6 +894,7 @@ static void kill_child(const char *path) {
     o.flush_interval_ms = 2;
     Prof *p = prof_open_opts(path, &in, &o, err, sizeof(err));
     if (!p) _exit(3);
+    if (write(ready_fd, "r", 1) != 1) _exit(4);
     for (int64_t s = 0;; s++) {
         prof_step_begin(p, s, 0);
         for (int ph = PROF_PHASE_DATA_WAIT; ph <= PROF_PHASE_OPTIMIZER; ph++) {
@@ -914,11 +916,25 @@ static void test_kill9(void) {
     int all_ok = 1, consistent = 1;
     int64_t steps_seen = 0;
     for (int k = 0; k < kills; k++) {
-        int delay_ms = 50 + rand() % 250;
+        /* the kill lands 0-200 ms after the run is open: in the middle of batches, commits,
+         * WAL checkpoints (the open itself is atomic: one transaction) */
+        int delay_ms = rand() % 200;
+        int pipefd[2];
+        if (pipe(pipefd) != 0) {
+            CHECK("pipe", 0, "%s", strerror(errno));
+            return;
+        }
         fflush(stdout);
         pid_t pid = fork();
-        if (pid == 0) kill_child(path);
-        nap_ns((long)delay_ms * 1000000L);
+        if (pid == 0) {
+            close(pipefd[0]);
+            kill_child(path, pipefd[1]);
+        }
+        close(pipefd[1]);
+        char ready = 0;
+        ssize_t got = read(pipefd[0], &ready, 1); /* EOF (0) if the child died first */
+        close(pipefd[0]);
+        if (got == 1) nap_ns((long)delay_ms * 1000000L);
         kill(pid, SIGKILL);
         int status = 0;
         waitpid(pid, &status, 0);
@@ -935,10 +951,11 @@ static void test_kill9(void) {
                                  run);
         int64_t open_run = q_intf(db, "SELECT status = 'running' AND end_ns IS NULL FROM "
                                       "DETR_RUNS WHERE run_id=%lld", run);
-        printf("  kill %d after %d ms: %s, integrity %s, run %lld, %lld steps, %lld incomplete\n",
-               k, delay_ms, killed ? "SIGKILL" : "exited early", ok ? "ok" : "FAILED",
+        printf("  kill %d %d ms after the open: %s, integrity %s, run %lld, %lld steps, %lld "
+               "incomplete\n", k, delay_ms, killed && got == 1 ? "SIGKILL" : "child failed",
+               ok ? "ok" : "FAILED",
                (long long)run, (long long)steps, (long long)partial);
-        all_ok = all_ok && killed && ok;
+        all_ok = all_ok && killed && got == 1 && ok;
         consistent = consistent && partial == 0 && open_run == 1 && run == k + 1;
         steps_seen += steps > 0 ? steps : 0;
         sqlite3_close(db);
