@@ -912,7 +912,7 @@ static void test_kill9(void) {
     char path[512], err[1024];
     path_in_dir(path, sizeof(path), "killed.sqlite");
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    const int kills = 6;
+    const int kills = 10;
     int all_ok = 1, consistent = 1;
     int64_t steps_seen = 0;
     for (int k = 0; k < kills; k++) {
