@@ -65,6 +65,13 @@ FLAGS_STAMP := $(BUILD)/flags.stamp
 $(shell mkdir -p $(BUILD) && echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $(FLAGS_STAMP) || \
         echo '$(CC) $(CFLAGS) $(LDLIBS)' > $(FLAGS_STAMP))
 
+# The git revision recorded in profiles: a generated header, rewritten only when it changes.
+GIT_REV := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified)
+$(shell echo '#define DETR_GIT_REV "$(GIT_REV)"' | cmp -s - $(BUILD)/git_rev.h || \
+        echo '#define DETR_GIT_REV "$(GIT_REV)"' > $(BUILD)/git_rev.h)
+$(BUILD)/trainer/train_loop.o: $(BUILD)/git_rev.h
+$(BUILD)/trainer/train_loop.o: CFLAGS += -I$(BUILD)
+
 $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -104,11 +111,11 @@ asan: setup
 	@BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run_tests.sh
 
-# ThreadSanitizer on the data loader's tests (tests/unit/test_loader*.c), CPU only.
+# ThreadSanitizer on the data loader's and the profiler's tests, CPU only.
 tsan: setup
 	@$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 SAN="-fsanitize=thread" \
-	    $(patsubst tests/unit/%.c,build-tsan/tests/%,$(wildcard tests/unit/test_loader*.c))
-	@for t in build-tsan/tests/test_loader*; do [ -x "$$t" ] || continue; echo "== $$t (TSan)"; \
+	    $(patsubst tests/unit/%.c,build-tsan/tests/%,$(wildcard tests/unit/test_loader*.c tests/unit/test_prof*.c))
+	@for t in build-tsan/tests/test_loader* build-tsan/tests/test_prof*; do [ -x "$$t" ] || continue; echo "== $$t (TSan)"; \
 	    TSAN_OPTIONS=halt_on_error=1 DETR_BUILD=build-tsan $$t || exit 1; done
 
 run: setup

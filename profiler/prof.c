@@ -1,11 +1,13 @@
 /* prof.c - see prof.h: opening and closing the profile, the bounded record queue, ranges (with
  * their NVTX twins) and the per-step / loader / evaluation records. */
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "nvtx_ranges.h"
 #include "prof_internal.h"
@@ -113,7 +115,9 @@ static StackEntry *stack_push(Prof *p, int phase, int recorded) {
     return e;
 }
 
-static int64_t current_step(Prof *p) { return atomic_load_explicit(&p->cur_step, memory_order_relaxed); }
+static int64_t current_step(Prof *p) {
+    return atomic_load_explicit(&p->cur_step, memory_order_relaxed);
+}
 
 static void queue_range(Prof *p, int phase, const char *text, int depth, int64_t start_ns,
                         int64_t end_ns) {
@@ -350,6 +354,13 @@ static void free_prof(Prof *p) {
     free(p);
 }
 
+/* The operating system's reason behind SQLite's last error, e.g. " (Permission denied)". */
+static void os_reason(sqlite3 *db, char *out, size_t n) {
+    int e = db ? sqlite3_system_errno(db) : 0;
+    if (e) snprintf(out, n, " (%s)", strerror(e));
+    else out[0] = 0;
+}
+
 /* "PRAGMA journal_mode = WAL" answers the mode in force; anything but "wal" is a refusal. */
 static int enable_wal(Prof *p, char *err, size_t errlen) {
     sqlite3_stmt *s;
@@ -360,11 +371,13 @@ static int enable_wal(Prof *p, char *err, size_t errlen) {
         sqlite3_finalize(s);
     }
     if (strcmp(mode, "wal") != 0) {
-        snprintf(err, errlen, "profile database %s: cannot switch it to WAL mode (%s%s): %s; "
+        char why[128];
+        os_reason(p->db, why, sizeof(why));
+        snprintf(err, errlen, "profile database %s: cannot switch it to WAL mode (%s%s): %s%s; "
                  "HINT: the folder must be writable (WAL keeps %s-wal and %s-shm beside it) and "
                  "on a local file system; choose another path with --db",
                  p->path, mode[0] ? "journal mode stays " : "no answer", mode,
-                 sqlite3_errmsg(p->db), p->path, p->path);
+                 sqlite3_errmsg(p->db), why, p->path, p->path);
         return -1;
     }
     if (sqlite3_exec(p->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
@@ -375,12 +388,31 @@ static int enable_wal(Prof *p, char *err, size_t errlen) {
     return 0;
 }
 
+/* Why a database cannot be created at path, from its folder: missing, not a folder, or not
+ * writable. Falls back to SQLite's own reason. */
+static void folder_reason(const char *path, sqlite3 *db, char *out, size_t n) {
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) snprintf(out, n, " (folder %s: %s)", dir, strerror(errno));
+    else if (!S_ISDIR(st.st_mode)) snprintf(out, n, " (%s is not a folder)", dir);
+    else if (access(dir, W_OK) != 0) snprintf(out, n, " (folder %s is not writable: %s)", dir,
+                                              strerror(errno));
+    else os_reason(db, out, n);
+}
+
 static int open_database(Prof *p, char *err, size_t errlen) {
+    char why[4200];
     int rc = sqlite3_open_v2(p->path, &p->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "profile database %s: cannot open or create it: %s; HINT: the "
+        folder_reason(p->path, p->db, why, sizeof(why));
+        snprintf(err, errlen, "profile database %s: cannot open or create it: %s%s; HINT: the "
                  "folder must exist and be writable; choose another path with --db", p->path,
-                 p->db ? sqlite3_errmsg(p->db) : sqlite3_errstr(rc));
+                 p->db ? sqlite3_errmsg(p->db) : sqlite3_errstr(rc), why);
         return -1;
     }
     if (sqlite3_db_readonly(p->db, "main") == 1) {
@@ -390,6 +422,18 @@ static int open_database(Prof *p, char *err, size_t errlen) {
     }
     sqlite3_extended_result_codes(p->db, 1);
     sqlite3_busy_timeout(p->db, p->opt.busy_timeout_ms);
+    rc = sqlite3_exec(p->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if ((rc & 0xff) == SQLITE_NOTADB) {
+        snprintf(err, errlen, "profile database %s: the file exists and is not a SQLite database "
+                 "(it is left untouched); HINT: choose another path with --db", p->path);
+        return -1;
+    }
+    if (rc != SQLITE_OK) {
+        os_reason(p->db, why, sizeof(why));
+        snprintf(err, errlen, "profile database %s: cannot read it: %s%s; HINT: choose another "
+                 "path with --db", p->path, sqlite3_errmsg(p->db), why);
+        return -1;
+    }
     return enable_wal(p, err, errlen);
 }
 
@@ -476,7 +520,7 @@ Prof *prof_open_opts(const char *db_path, const ProfRunInfo *info, const ProfOpt
     if (p->opt.queue_capacity < 1) p->opt.queue_capacity = 4096;
     if (p->opt.flush_interval_ms < 1) p->opt.flush_interval_ms = 100;
     if (p->opt.busy_timeout_ms < 0) p->opt.busy_timeout_ms = 0;
-    p->pid = getpid();
+    p->pid = prof_process_id();
     p->global_pid = p->pid << 24;
     p->peak_flops = info->peak_flops > 0 ? info->peak_flops : 0;
     atomic_store(&p->cur_step, -1);
@@ -502,8 +546,18 @@ Prof *prof_open(const char *db_path, const ProfRunInfo *info, ProfLevel level, c
     return prof_open_opts(db_path, info, &o, err, errlen);
 }
 
+/* Forgets this thread's open ranges of p (a close inside a range), so that they are not taken
+ * for another profiler's later. */
+static void purge_stack(const Prof *p) {
+    int kept = 0;
+    for (int i = 0; i < tl_depth; i++)
+        if (tl_stack[i].p != p) tl_stack[kept++] = tl_stack[i];
+    tl_depth = kept;
+}
+
 int prof_close(Prof *p, int exit_code, char *err, size_t errlen) {
     if (!p) return 0;
+    purge_stack(p);
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
     pthread_cond_signal(&p->wake);

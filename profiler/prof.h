@@ -21,9 +21,10 @@
  * NVTX (so Nsight Systems shows the phases of an unprofiled run) and nothing else happens.
  *
  * Cost and blocking: the recording functions never touch SQLite. They copy the record into a
- * bounded in-memory queue under a mutex (a few hundred ns); a writer thread drains it in
- * transactions (one per flush interval or per quarter-full queue). When the queue is full the record
- * is dropped and counted (DETR_RUNS.dropped_records), the producer never waits.
+ * bounded in-memory queue under a mutex (about 4 us for a whole step's calls, see
+ * docs/profile-schema.md); a writer thread drains it in transactions (one per flush interval or
+ * per quarter-full queue). When the queue is full the record is dropped and counted
+ * (DETR_RUNS.dropped_records): the producer never waits.
  *
  * Threads: records and ranges may come from any thread. A range is popped on the thread that
  * pushed it (the range stack is per thread, as NVTX's push/pop). prof_close must not race with
@@ -117,9 +118,11 @@ typedef struct {
     double grad_norm;       /* total gradient norm before clipping */
     double flops;           /* model FLOPs of this step (forward + backward, see docs) */
     double padded_fraction; /* padded pixels / all pixels of the batch */
-    int n_losses;
+    int n_losses;           /* every loss term: DETR_STEPS.losses_json, one row each in the
+                               DETR_LOSSES view */
     ProfLoss losses[PROF_MAX_LOSSES];
-    int n_mem;
+    int n_mem;              /* memory categories: DETR_MEMORY rows; prof_step_end appends
+                               "process_rss", so leave one entry free */
     ProfMemSample mem[PROF_MAX_MEM];
     int64_t rss_bytes;      /* process resident set; -1: read /proc/self/statm at prof_step_end */
 } ProfStepRecord;

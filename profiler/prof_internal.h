@@ -115,6 +115,7 @@ void prof_record_release(Record *r);   /* frees a heap payload (step, eval, gpu)
 
 /* prof_sysinfo.c */
 int64_t prof_thread_id(void);          /* the kernel thread id, cached per thread */
+int64_t prof_process_id(void);         /* getpid(), cached (both caches cleared in a fork child) */
 int64_t prof_global_tid(void);         /* (pid << 24) | (tid & 0xFFFFFF) */
 void prof_cpu_model(char *out, size_t n);
 void prof_os_arch(char *out, size_t n);

@@ -15,17 +15,43 @@ int64_t prof_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Process and thread ids, cached (getpid and gettid are system calls, and a range asks for them
+ * at every pop). A forked child starts with its parent's cache: the atfork handler clears it
+ * (the forking thread is the only thread of the child). */
+static _Thread_local int64_t tl_tid;
+static _Atomic int64_t g_pid;
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+static void forget_ids_in_child(void) {
+    tl_tid = 0;
+    atomic_store(&g_pid, 0);
+}
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_ids_in_child); }
+
 int64_t prof_thread_id(void) {
-    static _Thread_local int64_t tid;
-    if (!tid) tid = (int64_t)gettid();
-    return tid;
+    if (!tl_tid) {
+        pthread_once(&g_atfork_once, register_atfork);
+        tl_tid = (int64_t)gettid();
+    }
+    return tl_tid;
+}
+
+int64_t prof_process_id(void) {
+    int64_t pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
+    if (!pid) {
+        pthread_once(&g_atfork_once, register_atfork);
+        pid = (int64_t)getpid();
+        atomic_store_explicit(&g_pid, pid, memory_order_relaxed);
+    }
+    return pid;
 }
 
 /* nsys's serialized GlobalId for a thread of this host: the reports decode PID as
  * (globalTid >> 24) & 0xFFFFFF and TID as globalTid & 0xFFFFFF. Linux pids fit 22 bits by
  * default (pid_max 4194304), so nothing is lost unless pid_max was raised above 2^24. */
 int64_t prof_global_tid(void) {
-    return ((int64_t)getpid() << 24) | (prof_thread_id() & 0xFFFFFF);
+    return (prof_process_id() << 24) | (prof_thread_id() & 0xFFFFFF);
 }
 
 void prof_cpu_model(char *out, size_t n) {

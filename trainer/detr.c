@@ -95,6 +95,11 @@ void detr_init(Detr *m, uint64_t seed) {
     detr_prepare(m);
 }
 
+void detr_set_profiler(Detr *m, Prof *prof) {
+    m->prof = prof;
+    transformer_set_profiler(m->tf, prof);
+}
+
 void detr_prepare(Detr *m) { backbone_prepare(m->bb, m->be); }
 
 size_t detr_num_trainable(const Detr *m) {
@@ -135,6 +140,7 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     m->B = B; m->H = H; m->W = W; m->L = L;
     for (int p = 0; p < PHASE_N; p++) m->phase_s[p] = m->phase_flops[p] = 0;
     double t0 = timer_now();
+    prof_range_push(m->prof, PROF_PHASE_BACKBONE);
 
     /* backbone: [3, B, H, W] -> [Cb, B, h, w] */
     float *x = upload_images_cnhw(m, images, B, H, W);
@@ -154,8 +160,6 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     free(mask_s);
     free(pos);
 
-    double t1 = timer_now();
-    m->phase_s[PHASE_BACKBONE] = t1 - t0;
 
     /* input_proj (1x1 conv with bias): [Cb, B*S] -> [D, B*S] -> tokens [B*S, D] */
     m->proj_shape = (ConvShape){.B = B, .Cin = Cb, .H = h, .W = w, .Cout = D, .kh = 1, .kw = 1,
@@ -166,6 +170,10 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     m->src = arena_alloc(m->acts, (size_t)B * S * D);
     be->transpose(proj, m->src, 1, D, B * S);
 
+    prof_range_pop(m->prof);
+    double t1 = timer_now();
+    m->phase_s[PHASE_BACKBONE] = t1 - t0; /* with input_proj and the position encoding */
+
     /* transformer -> hs [L, B*Q, D] */
     m->hs = arena_alloc(m->acts, (size_t)L * B * Q * D);
     transformer_forward(m->tf, be, m->acts, m->src, m->pos, m->mask_s, m->query, B, S, m->hs,
@@ -173,6 +181,7 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
 
     double t2 = timer_now();
     m->phase_s[PHASE_TRANSFORMER] = t2 - t1;
+    prof_range_push(m->prof, PROF_PHASE_HEADS);
 
     /* heads on all L*B*Q decoder outputs at once */
     int T = L * B * Q;
@@ -194,18 +203,20 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     be->download(m->boxes_host, m->boxes, (size_t)T * 4 * sizeof(float));
 
     m->phase_s[PHASE_HEADS] = timer_now() - t2;
+    prof_range_pop(m->prof);
 
-    /* analytic FLOPs (multiply-add = 2); input_proj counts with the transformer. Backward:
-     * twice the forward where both data and weight gradients exist; the backbone counts only
-     * what its trainable layers compute. */
+    /* analytic FLOPs (multiply-add = 2); input_proj counts with the backbone phase forward
+     * and with the transformer's backward (where its backward runs). Backward: twice the forward
+     * where both data and weight gradients exist; the backbone counts only what its trainable
+     * layers compute. */
     double proj_flops = 2.0 * D * Cb * (double)B * S;
     double heads = 2.0 * T * ((double)D * C1 + 2.0 * D * D + 4.0 * D);
-    double tf = transformer_flops_estimate(cfg, B, S) + proj_flops;
-    m->phase_flops[PHASE_BACKBONE] = backbone_forward_flops(m->bb);
+    double tf = transformer_flops_estimate(cfg, B, S);
+    m->phase_flops[PHASE_BACKBONE] = backbone_forward_flops(m->bb) + proj_flops;
     m->phase_flops[PHASE_TRANSFORMER] = tf;
     m->phase_flops[PHASE_HEADS] = heads;
     m->phase_flops[PHASE_BWD_HEADS] = 2 * heads;
-    m->phase_flops[PHASE_BWD_TRANSFORMER] = 2 * tf;
+    m->phase_flops[PHASE_BWD_TRANSFORMER] = 2 * (tf + proj_flops);
     m->phase_flops[PHASE_BWD_BACKBONE] = backbone_backward_flops(m->bb);
 }
 
@@ -263,6 +274,7 @@ int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossW
         dboxes = calloc((size_t)L * per_boxes, sizeof(float));
     }
     double t0 = timer_now();
+    prof_range_push(m->prof, PROF_PHASE_LOSS); /* matching included: criterion_layer matches */
     memset(out, 0, sizeof(*out));
     out->L = L;
     out->first = m->cfg.aux_loss ? 0 : L - 1; /* the final layer always, the others with aux loss */
@@ -279,7 +291,12 @@ int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossW
         out->total += w->ce_coef * ll->loss_ce + w->bbox_coef * ll->loss_bbox + w->giou_coef * ll->loss_giou;
     }
     m->phase_s[PHASE_LOSS] = timer_now() - t0;
-    if (rc == 0 && want_grad) detr_backward(m, dlogits, dboxes);
+    prof_range_pop(m->prof);
+    if (rc == 0 && want_grad) {
+        prof_range_push(m->prof, PROF_PHASE_BACKWARD);
+        detr_backward(m, dlogits, dboxes);
+        prof_range_pop(m->prof);
+    }
     free(dlogits);
     free(dboxes);
     return rc;

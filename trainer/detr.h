@@ -40,6 +40,7 @@ typedef struct {
     float *mlp_b[3], *mlp_gb[3];      /* bbox_embed.layers.i.bias [D], [D], [4] */
 
     Arena *acts; /* per-step activations and their gradients */
+    Prof *prof;  /* phase ranges (NULL: NVTX only); set with detr_set_profiler */
 
     /* state of the last forward */
     int B, H, W, h, w, S, L;
@@ -62,6 +63,8 @@ Detr *detr_create(const DetrConfig *cfg, const Backend *be, int train_backbone);
 void detr_destroy(Detr *m);
 /* Reference initialisation (detr.md §1.7), seeded. */
 void detr_init(Detr *m, uint64_t seed);
+/* Phase ranges (backbone, encoder, decoder, heads, loss, backward) go to prof. */
+void detr_set_profiler(Detr *m, Prof *prof);
 /* Call after weights change outside the optimizer (load): refreshes derived tensors. */
 void detr_prepare(Detr *m);
 

@@ -86,6 +86,8 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"threads", OPT_INT, &a->threads, "N", "CPU threads (default: all cores)", NULL},
         {"log-every", OPT_INT, &t->log_every, "N", "print a progress line every N steps (default 10)", NULL},
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
+        {"profile", OPT_OPTSTR, &t->profile, "[=basic|trace]", "record steps, phases, memory, loader and eval into SQLite (default basic)", NULL},
+        {"db", OPT_STR, &t->db, "FILE", "profile database (default OUT/profile.sqlite; may hold many runs)", NULL},
         {"accum", OPT_INT, &t->accum, "N", "gradient accumulation: N batches per optimizer step (default 1)", NULL},
         {"resume", OPT_OPTSTR, &t->resume, "[PATH]", "continue from a checkpoint file or folder (default: the latest in --out)", NULL},
         {"checkpoint-every", OPT_INT, &t->checkpoint_every, "N", "checkpoint every N steps (default 0: each epoch end; always at the end)", NULL},
@@ -99,7 +101,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 42;
+    int n = 44;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
@@ -137,6 +139,11 @@ static int parse_args(int argc, char **argv, Args *a) {
         fprintf(stderr, "error: --eval-only needs --weights (the model to evaluate)\n");
         return -1;
     }
+    if (t->profile && *t->profile && strcmp(t->profile, "basic") && strcmp(t->profile, "trace")) {
+        fprintf(stderr, "error: --profile=%s: use basic or trace\n", t->profile);
+        return -1;
+    }
+    if (t->db && !t->profile) t->profile = "basic"; /* --db implies profiling */
     if (t->accum < 1 || t->checkpoint_every < 0 || t->keep_last < 0) {
         fprintf(stderr, "error: --accum must be >= 1, --checkpoint-every and --keep-last >= 0\n");
         return -1;
@@ -289,6 +296,18 @@ int main(int argc, char **argv) {
     have_val = vr == 0;
     if (vr == 1) printf("eval: no val split found: training without evaluation\n");
     Detr *m = build_model(&a, have_train ? ds.num_classes : val.num_classes);
+    char cmdline[4096] = "", model_json[512] = "null";
+    for (int i = 0, used = 0; i < argc && used < (int)sizeof(cmdline) - 1; i++)
+        used += snprintf(cmdline + used, sizeof(cmdline) - used, "%s%s", i ? " " : "", argv[i]);
+    if (m)
+        snprintf(model_json, sizeof(model_json),
+                 "{\"depth\":%d,\"dilation\":%d,\"hidden\":%d,\"nheads\":%d,\"enc_layers\":%d,"
+                 "\"dec_layers\":%d,\"ffn\":%d,\"queries\":%d,\"num_classes\":%d,\"dropout\":%g,"
+                 "\"pre_norm\":%d,\"aux_loss\":%d}", m->cfg.depth, m->cfg.dilation, m->cfg.hidden,
+                 m->cfg.nheads, m->cfg.enc_layers, m->cfg.dec_layers, m->cfg.ffn, m->cfg.queries,
+                 m->cfg.num_classes, m->cfg.dropout, m->cfg.pre_norm, m->cfg.aux_loss);
+    a.tl.command_line = cmdline;
+    a.tl.model_json = model_json;
     if (!m) {
         rc = 2;
     } else if (a.eval_only) {

@@ -96,7 +96,9 @@ int trainer_accum_finish(Trainer *t, float lr, float lr_backbone, StepResult *re
                  "trainer_accum_finish)", t->step + 1);
         return -1;
     }
+    prof_range_push(m->prof, PROF_PHASE_CLIP); /* the global norm; the scale is applied in AdamW */
     double norm = grad_global_norm(&m->ps);
+    prof_range_pop(m->prof);
     if (!isfinite(norm)) {
         const char *g = first_nonfinite(m, 1);
         format_losses(&res->losses, terms, sizeof(terms));
@@ -106,7 +108,9 @@ int trainer_accum_finish(Trainer *t, float lr, float lr_backbone, StepResult *re
     }
     res->grad_norm = norm;
     double t1 = timer_now();
+    prof_range_push(m->prof, PROF_PHASE_OPTIMIZER);
     adamw_step(&t->opt, &m->ps, lr, lr_backbone, norm);
+    prof_range_pop(m->prof);
     m->phase_s[PHASE_OPTIMIZER] = t->phase_s[PHASE_OPTIMIZER] = timer_now() - t1;
     t->step++;
     t->micro = 0;

@@ -29,6 +29,11 @@ typedef struct {
     uint64_t seed;
     OptimConfig oc;
     const char *out;    /* OUT/model.safetensors, OUT/train.jsonl */
+    /* --profile[=basic|trace] into --db (default OUT/profile.sqlite) */
+    const char *profile; /* NULL = off, "" or "basic", "trace" */
+    const char *db;
+    const char *command_line;
+    const char *model_json; /* the model's shape as JSON, for the run record */
 } TrainLoopConfig;
 
 /* Opens a split ("train" or "val"). Returns 0, 1 if the split does not exist (val only), or

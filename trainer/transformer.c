@@ -84,6 +84,7 @@ typedef struct {
 } BwdScratch;
 
 struct Transformer {
+    Prof *prof; /* encoder/decoder ranges (NULL: NVTX only) */
     int D, H, F, L_enc, L_dec, Q, pre_norm;
     float dropout;
     EncoderLayer *enc;   /* [L_enc] */
@@ -528,6 +529,7 @@ void transformer_forward(Transformer *t, const Backend *be, Arena *acts, const f
     t->fs.ffn_pre = arena_alloc(acts, Tmax * t->F); /* [Tmax, F] */
 
     const float *x = src; /* [B*S, D] */
+    prof_range_push(t->prof, PROF_PHASE_ENCODER);
     for (int l = 0; l < t->L_enc; l++) x = encoder_layer_forward(t, be, acts, l, x);
     if (t->pre_norm) {
         t->memory_normed = arena_alloc(acts, Te * D); /* [B*S, D] */
@@ -541,6 +543,8 @@ void transformer_forward(Transformer *t, const Backend *be, Arena *acts, const f
     }
     t->memory_pos = arena_alloc(acts, Te * D); /* [B*S, D] */
     be->add(t->memory, pos, t->memory_pos, Te * D);
+    prof_range_pop(t->prof);
+    prof_range_push(t->prof, PROF_PHASE_DECODER);
 
     t->query_pos = arena_alloc(acts, Tq * D); /* [B*Q, D] */
     for (int b = 0; b < B; b++)
@@ -550,8 +554,11 @@ void transformer_forward(Transformer *t, const Backend *be, Arena *acts, const f
     const float *y = t->tgt; /* [B*Q, D] */
     for (int l = 0; l < t->L_dec; l++)
         y = decoder_layer_forward(t, be, acts, l, y, hs + (size_t)l * Tq * D);
+    prof_range_pop(t->prof);
     t->have_forward = 1;
 }
+
+void transformer_set_profiler(Transformer *t, Prof *prof) { t->prof = prof; }
 
 static void bwd_scratch_alloc(const Transformer *t, Arena *acts, BwdScratch *ws) {
     size_t D = (size_t)t->D, Tq = (size_t)t->B * t->Q, Te = (size_t)t->B * t->S;

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "params.h"
 #include "rng.h"
+#include "../profiler/prof.h"
 
 typedef struct Transformer Transformer;
 
@@ -23,6 +24,8 @@ typedef struct Transformer Transformer;
  * All in GROUP_MAIN. Returns NULL (with a message) on an invalid configuration. */
 Transformer *transformer_create(const DetrConfig *cfg, ParamSet *ps);
 void transformer_destroy(Transformer *t);
+/* Records the encoder and decoder forward as profiler ranges (prof may be NULL). */
+void transformer_set_profiler(Transformer *t, Prof *prof);
 
 /* Reference initialisation (after params_allocate): xavier_uniform on every matrix (in_proj as
  * one [3D,D] matrix), MHA biases zero, linear1/linear2 biases U(+-1/sqrt(fan_in)), LayerNorm

@@ -5,6 +5,8 @@
  * database, unwritable paths refused by prof_open, and the cost per step of the recording calls.
  * Meant to pass under AddressSanitizer/UBSan and ThreadSanitizer too (the writer thread). */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -259,6 +262,20 @@ static void test_versioning(void) {
     prof_close(p, 0, err, sizeof(err));
 }
 
+/* chattr +i / -i: even root cannot write an immutable file or create files in an immutable
+ * folder. Returns -1 where the file system or the process's capabilities do not allow it. */
+static int set_immutable(const char *path, int on) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return -1;
+    int flags = 0, rc = ioctl(fd, FS_IOC_GETFLAGS, &flags);
+    if (rc == 0) {
+        flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+        rc = ioctl(fd, FS_IOC_SETFLAGS, &flags);
+    }
+    close(fd);
+    return rc == 0 ? 0 : -1;
+}
+
 static void test_unwritable_paths(void) {
     char err[1024] = "";
     ProfRunInfo in = test_info("detr-train");
@@ -275,27 +292,40 @@ static void test_unwritable_paths(void) {
     Prof *p = prof_open("", &in, PROF_BASIC, err, sizeof(err));
     CHECK("empty path refused", p == NULL && err[0], "%s", err);
 
-    if (geteuid() == 0) {
-        test_skip("read-only file refused", "running as root: file permissions do not apply");
-        test_skip("read-only folder refused", "running as root: file permissions do not apply");
-        return;
-    }
-    char path[512];
+    /* read-only file and folder: permission bits, or for root (whom they do not stop) the
+     * immutable attribute */
+    char path[512], dir[400];
     path_in_dir(path, sizeof(path), "readonly.sqlite");
     p = prof_open(path, &in, PROF_BASIC, err, sizeof(err));
     prof_close(p, 0, err, sizeof(err));
-    chmod(path, 0444);
-    p = prof_open(path, &in, PROF_BASIC, err, sizeof(err));
-    CHECK("read-only file refused", p == NULL && strstr(err, path), "%s", err);
-    prof_close(p, 0, err, sizeof(err));
-    chmod(path, 0644);
-    char dir[400];
     path_in_dir(dir, sizeof(dir), "rodir");
-    mkdir(dir, 0555);
-    snprintf(path, sizeof(path), "%s/x.sqlite", dir);
-    p = prof_open(path, &in, PROF_BASIC, err, sizeof(err));
-    CHECK("read-only folder refused", p == NULL && strstr(err, path), "%s", err);
-    prof_close(p, 0, err, sizeof(err));
+    mkdir(dir, 0755);
+    int root = geteuid() == 0;
+    int locked = root ? set_immutable(path, 1) == 0 && set_immutable(dir, 1) == 0
+                      : chmod(path, 0444) == 0 && chmod(dir, 0555) == 0;
+    if (!locked) {
+        test_skip("read-only file refused", "cannot make a file read-only here (root on a file "
+                  "system without the immutable attribute)");
+        test_skip("read-only folder refused", "same");
+    } else {
+        p = prof_open(path, &in, PROF_BASIC, err, sizeof(err));
+        CHECK("read-only file refused", p == NULL && strstr(err, path) && strstr(err, "--db"),
+              "%s", err);
+        prof_close(p, 0, err, sizeof(err));
+        char inside[512];
+        snprintf(inside, sizeof(inside), "%s/x.sqlite", dir);
+        p = prof_open(inside, &in, PROF_BASIC, err, sizeof(err));
+        CHECK("read-only folder refused", p == NULL && strstr(err, inside) && strstr(err, "--db"),
+              "%s", err);
+        prof_close(p, 0, err, sizeof(err));
+    }
+    if (root) {
+        set_immutable(path, 0);
+        set_immutable(dir, 0);
+    } else {
+        chmod(path, 0644);
+        chmod(dir, 0755);
+    }
     rmdir(dir);
 }
 
@@ -951,17 +981,25 @@ static void test_kill9(void) {
                                  run);
         int64_t open_run = q_intf(db, "SELECT status = 'running' AND end_ns IS NULL FROM "
                                       "DETR_RUNS WHERE run_id=%lld", run);
+        /* the child's ranges carry its own pid and thread (its main thread: tid = pid), not the
+         * parent's cached ids */
+        int64_t foreign = q_intf(db, "SELECT count(*) FROM DETR_PHASES ph JOIN DETR_RUNS r USING "
+                                     "(run_id) WHERE run_id=%lld AND (ph.global_tid <> "
+                                     "((r.pid << 24) | r.pid) OR r.pid = 0)", run);
+        int64_t child_pid = q_intf(db, "SELECT pid FROM DETR_RUNS WHERE run_id=%lld", run);
         printf("  kill %d %d ms after the open: %s, integrity %s, run %lld, %lld steps, %lld "
-               "incomplete\n", k, delay_ms, killed && got == 1 ? "SIGKILL" : "child failed",
-               ok ? "ok" : "FAILED",
-               (long long)run, (long long)steps, (long long)partial);
+               "incomplete, %lld ranges of another thread\n", k, delay_ms,
+               killed && got == 1 ? "SIGKILL" : "child failed", ok ? "ok" : "FAILED",
+               (long long)run, (long long)steps, (long long)partial, (long long)foreign);
         all_ok = all_ok && killed && got == 1 && ok;
-        consistent = consistent && partial == 0 && open_run == 1 && run == k + 1;
+        consistent = consistent && partial == 0 && open_run == 1 && run == k + 1 &&
+                     foreign == 0 && child_pid == pid;
         steps_seen += steps > 0 ? steps : 0;
         sqlite3_close(db);
     }
     CHECK("kill -9 at random moments: database valid every time (integrity_check)", all_ok, "");
-    CHECK("killed runs: whole steps only, run left 'running' with no end", consistent, "");
+    CHECK("killed runs: whole steps only, run left 'running' with no end, child's own pid/tid",
+          consistent, "");
     CHECK("killed runs had committed steps", steps_seen > 0, "%lld", (long long)steps_seen);
     ProfRunInfo in = test_info("detr-train");
     Prof *p = prof_open(path, &in, PROF_BASIC, err, sizeof(err));
@@ -1035,14 +1073,26 @@ static void test_overhead(void) {
             printf("  writer thread CPU: %.1f us per step (%lld records, %.2f us each)\n",
                    (double)c.writer_cpu_ns / STEPS * 1e-3, (long long)c.written,
                    c.written ? (double)c.writer_cpu_ns / (double)c.written * 1e-3 : 0.0);
+#ifdef __SANITIZE_THREAD__
+            (void)c;
+            test_skip("no drops at 1 ms per step", "ThreadSanitizer makes the writer ~5x slower "
+                      "than it is; checked in the normal and ASan builds");
+#else
             CHECK("no drops at 1 ms per step", c.dropped == 0, "%lld dropped", (long long)c.dropped);
+#endif
         }
     }
     int64_t run = prof_run_id(p);
+    ProfCounters c_end = prof_counters(p);
+    (void)c_end;
     CHECK("close", prof_close(p, 0, err, sizeof(err)) == 0, "%s", err);
     sqlite3 *db = open_ro(path);
-    CHECK("every step stored", q_intf(db, "SELECT count(*) FROM DETR_STEPS WHERE run_id=%lld",
-                                      run) == STEPS, "");
+    int64_t stored = q_intf(db, "SELECT count(*) FROM DETR_STEPS WHERE run_id=%lld", run);
+#ifdef __SANITIZE_THREAD__
+    CHECK("steps stored + steps dropped = steps", stored + c_end.dropped_steps == STEPS, "");
+#else
+    CHECK("every step stored", stored == STEPS, "%lld", (long long)stored);
+#endif
     CHECK("writer CPU time stored", q_intf(db, "SELECT writer_cpu_ns > 0 FROM DETR_RUNS WHERE "
                                                "run_id=%lld", run) == 1, "");
     sqlite3_close(db);
