@@ -302,6 +302,11 @@ int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossW
     return rc;
 }
 
+void detr_loss_name(const DetrLosses *l, int layer, const char *term, char *buf, size_t len) {
+    if (layer == l->L - 1) snprintf(buf, len, "%s", term);
+    else snprintf(buf, len, "%s_%d", term, layer);
+}
+
 int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
                        double grad_scale, DetrLosses *out, char *err, size_t errlen) {
     LossNormalisers norm; /* this batch alone: num_boxes = max(sum of n, 1) */

@@ -84,6 +84,9 @@ typedef struct {
     int first;    /* first layer with losses: 0 with auxiliary losses, else L-1 */
     double total; /* weighted sum over layers */
 } DetrLosses;
+/* The reference's loss-dict name of a term of one decoder layer: "loss_ce" for the final layer,
+ * "loss_ce_0", "loss_ce_1", ... for the auxiliary ones. */
+void detr_loss_name(const DetrLosses *l, int layer, const char *term, char *buf, size_t len);
 int detr_loss_backward(Detr *m, const ImageTargets *targets, const LossWeights *w, int want_grad,
                        double grad_scale, DetrLosses *out, char *err, size_t errlen);
 

@@ -65,15 +65,13 @@ void golden_add_losses(StWriter *w, const DetrLosses *l) {
     char name[64];
     for (int i = l->first; i < l->L; i++) {
         const LayerLosses *ll = &l->layer[i];
-        char suffix[16] = "";
-        if (i != l->L - 1) snprintf(suffix, sizeof(suffix), "_%d", i);
-        snprintf(name, sizeof(name), "loss_ce%s", suffix);
+        detr_loss_name(l, i, "loss_ce", name, sizeof(name));
         st_writer_add_scalar(w, name, (float)ll->loss_ce);
-        snprintf(name, sizeof(name), "loss_bbox%s", suffix);
+        detr_loss_name(l, i, "loss_bbox", name, sizeof(name));
         st_writer_add_scalar(w, name, (float)ll->loss_bbox);
-        snprintf(name, sizeof(name), "loss_giou%s", suffix);
+        detr_loss_name(l, i, "loss_giou", name, sizeof(name));
         st_writer_add_scalar(w, name, (float)ll->loss_giou);
-        snprintf(name, sizeof(name), "cardinality_error%s", suffix);
+        detr_loss_name(l, i, "cardinality_error", name, sizeof(name));
         st_writer_add_scalar(w, name, (float)ll->cardinality_error);
     }
     st_writer_add_scalar(w, "class_error", (float)l->layer[l->L - 1].class_error);

@@ -20,12 +20,14 @@ void trainer_free(Trainer *t) { adamw_destroy(&t->opt, &t->m->ps); }
 void format_losses(const DetrLosses *l, char *buf, size_t len) {
     size_t used = 0;
     buf[0] = 0;
+    static const char *const terms[3] = {"loss_ce", "loss_bbox", "loss_giou"};
     for (int i = l->first; i < l->L && used < len; i++) {
-        char suffix[16] = "";
-        if (i != l->L - 1) snprintf(suffix, sizeof(suffix), "_%d", i);
-        used += snprintf(buf + used, len - used, "%sloss_ce%s=%.6g loss_bbox%s=%.6g loss_giou%s=%.6g",
-                         i > l->first ? " " : "", suffix, l->layer[i].loss_ce, suffix, l->layer[i].loss_bbox,
-                         suffix, l->layer[i].loss_giou);
+        const double values[3] = {l->layer[i].loss_ce, l->layer[i].loss_bbox, l->layer[i].loss_giou};
+        for (int k = 0; k < 3 && used < len; k++) {
+            char name[64];
+            detr_loss_name(l, i, terms[k], name, sizeof(name));
+            used += snprintf(buf + used, len - used, "%s%s=%.6g", used ? " " : "", name, values[k]);
+        }
     }
 }
 

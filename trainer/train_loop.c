@@ -218,13 +218,11 @@ static void record_step(Prof *prof, const Trainer *tr, const StepResult *res, in
     const DetrLosses *l = &res->losses;
     char name[PROF_NAME_LEN];
     for (int i = l->first; i < l->L; i++) {
-        char suffix[16] = "";
-        if (i != l->L - 1) snprintf(suffix, sizeof(suffix), "_%d", i);
-        snprintf(name, sizeof(name), "loss_ce%s", suffix);
+        detr_loss_name(l, i, "loss_ce", name, sizeof(name));
         prof_step_add_loss(&r, name, l->layer[i].loss_ce);
-        snprintf(name, sizeof(name), "loss_bbox%s", suffix);
+        detr_loss_name(l, i, "loss_bbox", name, sizeof(name));
         prof_step_add_loss(&r, name, l->layer[i].loss_bbox);
-        snprintf(name, sizeof(name), "loss_giou%s", suffix);
+        detr_loss_name(l, i, "loss_giou", name, sizeof(name));
         prof_step_add_loss(&r, name, l->layer[i].loss_giou);
     }
     prof_step_add_loss(&r, "class_error", l->layer[l->L - 1].class_error);
