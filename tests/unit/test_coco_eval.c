@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "check.h"
+#include "test_util.h"
 #include "coco_eval.h"
 
 static char g_tmp[256];
@@ -39,19 +40,6 @@ static int write_text(const char *path, const char *text) {
     if (!f) return -1;
     fputs(text, f);
     return fclose(f);
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = 0;
-    fclose(f);
-    return s;
 }
 
 /* Largest |a - b| where both are defined; a -1 on one side only counts as a mismatch (inf). */
@@ -419,14 +407,9 @@ static void test_write_atomic(void) {
 /* ---- detr-data eval ---- */
 
 static int run_cli(const char *bin, const char *args, char **out, char **err) {
-    char cmd[3000], po[400], pe[400];
-    snprintf(po, sizeof(po), "%s/cli_out.txt", g_tmp);
-    snprintf(pe, sizeof(pe), "%s/cli_err.txt", g_tmp);
-    snprintf(cmd, sizeof(cmd), "timeout 120 %s %s >%s 2>%s", bin, args, po, pe);
-    int rc = system(cmd);
-    *out = read_text(po);
-    *err = read_text(pe);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    char cmd[3000];
+    snprintf(cmd, sizeof(cmd), "%s %s", bin, args);
+    return run_capture(g_tmp, cmd, out, err);
 }
 
 static void test_cli(const char *dir) {

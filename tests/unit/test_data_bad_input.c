@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "check.h"
+#include "test_util.h"
 #include "../../dataloader/check.h"
 #include "../../dataloader/synth.h"
 #include "dataset.h"
@@ -267,31 +268,9 @@ static int is_skipped_entry(int k) {
     return ENTRIES[k].expect == BAD_SKIP && (strcmp(ENTRIES[k].file, "unreadable.jpg") || g_unreadable_works);
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = 0;
-    fclose(f);
-    return s;
-}
-
 /* Runs a shell command with a hang guard (timeout 120 s); stdout and stderr go to files whose
  * contents are returned (caller frees). Returns the exit status (124 = hung). */
-static int run(const char *cmd, char **out, char **err) {
-    char full[4096], po[400], pe[400];
-    snprintf(po, sizeof(po), "%s/out.txt", g_tmp);
-    snprintf(pe, sizeof(pe), "%s/err.txt", g_tmp);
-    snprintf(full, sizeof(full), "timeout 120 %s >%s 2>%s", cmd, po, pe);
-    int rc = system(full);
-    *out = read_text(po);
-    *err = read_text(pe);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
+static int run(const char *cmd, char **out, char **err) { return run_capture(g_tmp, cmd, out, err); }
 
 /* The line of text that names file, or NULL. */
 static int line_with(const char *text, const char *file, const char *also) {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "check.h"
+#include "test_util.h"
 #include "dataset.h"
 
 static char g_tmp[256];
@@ -27,30 +28,12 @@ static int rm_entry(const char *p, const struct stat *s, int f, struct FTW *w) {
     return remove(p);
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = 0;
-    fclose(f);
-    return s;
-}
-
 /* Runs `detr-data ARGS` with a hang guard; returns the exit status (124: hung), fills *out and
  * *err with its stdout and stderr (caller frees). */
 static int run(const char *args, char **out, char **err) {
-    char cmd[4096], po[400], pe[400];
-    snprintf(po, sizeof(po), "%s/out.txt", g_tmp);
-    snprintf(pe, sizeof(pe), "%s/err.txt", g_tmp);
-    snprintf(cmd, sizeof(cmd), "timeout 120 %s/detr-data %s >%s 2>%s", g_build, args, po, pe);
-    int rc = system(cmd);
-    *out = read_text(po);
-    *err = read_text(pe);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "%s/detr-data %s", g_build, args);
+    return run_capture(g_tmp, cmd, out, err);
 }
 
 static int files_equal(const char *a, const char *b) {
