@@ -18,7 +18,8 @@ CUDA_ARCHS ?= 80 90
 
 OPT      ?= -O2
 # Built from source on the machine that runs it, so tune for it (make ARCH= for a portable
-# x86-64 build). -fno-math-errno lets sqrtf/expf vectorise (AdamW went from 15 to 5 ms a step).
+# x86-64 build). -fno-math-errno lets sqrtf/expf vectorise (AdamW went from 15 to 5 ms a step in
+# build/bench/bench_train's optimizer phase).
 ARCH     ?= -march=native
 SAN      ?=
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -fno-math-errno -ftree-vectorize \
