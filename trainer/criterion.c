@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include "box_ops.h"
 #include "mem.h"
 
@@ -277,22 +278,46 @@ static int check_normalisers(const LossNormalisers *n, int B, int Q, const Image
     return 0;
 }
 
-int criterion_layer_partial(const float *logits, const float *boxes, int B, int Q, int C1,
+/* Every query_to_target row of the batch is a valid matching: each entry -1 or a target index of
+ * its image, no target used twice, min(Q, n) pairs (what the matcher produces). */
+static int check_matching(const int *query_to_target, int B, int Q, const ImageTargets *t,
+                          char *err, size_t errlen) {
+    if (!query_to_target) return fail(err, errlen, "criterion: NULL matching");
+    for (int b = 0; b < B; b++) {
+        const int *row = query_to_target + (size_t)b * Q;
+        int pairs = 0, n = t[b].n > 0 ? t[b].n : 0;
+        for (int q = 0; q < Q; q++) {
+            int j = row[q];
+            if (j < -1 || j >= n)
+                return fail(err, errlen, "criterion: matching of image %d pairs query %d with target %d "
+                            "of %d", b, q, j, n);
+            if (j < 0) continue;
+            pairs++;
+            for (int r = 0; r < q; r++)
+                if (row[r] == j)
+                    return fail(err, errlen, "criterion: matching of image %d pairs target %d with "
+                                "queries %d and %d", b, j, r, q);
+        }
+        if (pairs != (n < Q ? n : Q))
+            return fail(err, errlen, "criterion: matching of image %d has %d pairs, expected min(Q=%d, "
+                        "n=%d)", b, pairs, Q, n);
+    }
+    return 0;
+}
+
+int criterion_layer_matched(const float *logits, const float *boxes, int B, int Q, int C1,
                             const ImageTargets *t, const LossNormalisers *norm, const LossWeights *w,
-                            double grad_scale, LayerLosses *out, float *dlogits, float *dboxes,
-                            char *err, size_t errlen) {
+                            const int *query_to_target, double grad_scale, LayerLosses *out,
+                            float *dlogits, float *dboxes, char *err, size_t errlen) {
     if (check_all(logits, boxes, B, Q, C1, t, w, err, errlen)) return -1;
     if (!out) return fail(err, errlen, "criterion: NULL output");
     if (check_normalisers(norm, B, Q, t, err, errlen)) return -1;
+    if (check_matching(query_to_target, B, Q, t, err, errlen)) return -1;
     CriterionScratch s;
     void *block = scratch_alloc(B, Q, C1, &s);
     if (!block) return fail(err, errlen, "criterion: out of memory budget for the loss scratch");
     softmax_all(logits, B, Q, C1, s.probs, s.logz);
-    /* All matchings first, so that a failure leaves the gradients untouched. */
-    if (match_all(s.probs, boxes, B, Q, C1, t, w, s.query_to_target, err, errlen)) {
-        host_free(block);
-        return -1;
-    }
+    memcpy(s.query_to_target, query_to_target, (size_t)B * Q * sizeof(int));
 
     double weight_sum = norm->ce_weight_sum, num_boxes = norm->num_boxes;
     GradScales gs = {
@@ -315,6 +340,24 @@ int criterion_layer_partial(const float *logits, const float *boxes, int B, int 
                                      : 100.0 * B / (double)norm->images;
     out->cardinality_error = sums.card_sum / (double)norm->images;
     return 0;
+}
+
+int criterion_layer_partial(const float *logits, const float *boxes, int B, int Q, int C1,
+                            const ImageTargets *t, const LossNormalisers *norm, const LossWeights *w,
+                            double grad_scale, LayerLosses *out, float *dlogits, float *dboxes,
+                            char *err, size_t errlen) {
+    if (check_all(logits, boxes, B, Q, C1, t, w, err, errlen)) return -1;
+    if (!out) return fail(err, errlen, "criterion: NULL output");
+    if (check_normalisers(norm, B, Q, t, err, errlen)) return -1;
+    int *matching = host_alloc(MEM_WORKSPACE, (size_t)B * Q * sizeof(int)); /* [B, Q] */
+    if (!matching) return fail(err, errlen, "criterion: out of memory budget for the matching");
+    /* The matching first, so that a failure leaves the gradients untouched. */
+    int rc = criterion_match(logits, boxes, B, Q, C1, t, w, matching, err, errlen);
+    if (rc == 0)
+        rc = criterion_layer_matched(logits, boxes, B, Q, C1, t, norm, w, matching, grad_scale, out,
+                                     dlogits, dboxes, err, errlen);
+    host_free(matching);
+    return rc;
 }
 
 int criterion_layer(const float *logits, const float *boxes, int B, int Q, int C1,

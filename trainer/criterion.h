@@ -79,6 +79,14 @@ int criterion_layer_partial(const float *logits, const float *boxes, int B, int 
                             double grad_scale, LayerLosses *out, float *dlogits, float *dboxes,
                             char *err, size_t errlen);
 
+/* The same with the matching given (query_to_target [B, Q], as criterion_match writes it), so that
+ * a caller can time or reuse the matching; it is checked (each entry -1 or a target of its
+ * image, no target twice, min(Q, n) pairs) and -1 returned with a message when invalid. */
+int criterion_layer_matched(const float *logits, const float *boxes, int B, int Q, int C1,
+                            const ImageTargets *t, const LossNormalisers *norm, const LossWeights *w,
+                            const int *query_to_target, double grad_scale, LayerLosses *out,
+                            float *dlogits, float *dboxes, char *err, size_t errlen);
+
 /* The matching alone (what criterion_layer uses): query_to_target [B, Q] out, the index of the
  * target matched to each query of each image, or -1. Returns 0, or -1 with a message in err. */
 int criterion_match(const float *logits, const float *boxes, int B, int Q, int C1,

@@ -7,7 +7,7 @@
 #include "posenc.h"
 #include "timer.h"
 
-const char *const PHASE_NAMES[PHASE_N] = {"backbone", "transformer", "heads", "loss",
+const char *const PHASE_NAMES[PHASE_N] = {"backbone", "transformer", "heads", "matcher", "loss",
     "backward_heads", "backward_transformer", "backward_backbone", "optimizer"};
 
 static void declare_linear(ParamSet *ps, float **w, float **gw, float **b, float **gb, int out,
@@ -273,24 +273,37 @@ int detr_loss_backward_partial(Detr *m, const ImageTargets *targets, const LossW
         dlogits = calloc((size_t)L * per_logits, sizeof(float));
         dboxes = calloc((size_t)L * per_boxes, sizeof(float));
     }
-    double t0 = timer_now();
-    prof_range_push(m->prof, PROF_PHASE_LOSS); /* matching included: criterion_layer matches */
     memset(out, 0, sizeof(*out));
     out->L = L;
     out->first = m->cfg.aux_loss ? 0 : L - 1; /* the final layer always, the others with aux loss */
     int rc = 0;
-    for (int l = out->first; l < L; l++) {
-        LayerLosses *ll = &out->layer[l];
-        if (criterion_layer_partial(m->logits_host + l * per_logits, m->boxes_host + l * per_boxes, B,
-                                    Q, C1, targets, norm, w, grad_scale, ll,
-                                    want_grad ? dlogits + l * per_logits : NULL,
-                                    want_grad ? dboxes + l * per_boxes : NULL, err, errlen) != 0) {
-            rc = -1;
-            break;
-        }
-        out->total += w->ce_coef * ll->loss_ce + w->bbox_coef * ll->loss_bbox + w->giou_coef * ll->loss_giou;
+    /* Every layer's matching first (its own phase), then every layer's losses. */
+    int *matching = host_alloc(MEM_WORKSPACE, (size_t)L * B * Q * sizeof(int)); /* [L, B, Q] */
+    if (!matching) {
+        snprintf(err, errlen, "criterion: out of memory budget for the matching");
+        rc = -1;
     }
-    m->phase_s[PHASE_LOSS] = timer_now() - t0;
+    double t0 = timer_now();
+    prof_range_push(m->prof, PROF_PHASE_MATCHER);
+    for (int l = out->first; rc == 0 && l < L; l++)
+        rc = criterion_match(m->logits_host + l * per_logits, m->boxes_host + l * per_boxes, B, Q, C1,
+                             targets, w, matching + (size_t)l * B * Q, err, errlen);
+    prof_range_pop(m->prof);
+    double t1 = timer_now();
+    m->phase_s[PHASE_MATCHER] = t1 - t0;
+    prof_range_push(m->prof, PROF_PHASE_LOSS);
+    for (int l = out->first; rc == 0 && l < L; l++) {
+        LayerLosses *ll = &out->layer[l];
+        rc = criterion_layer_matched(m->logits_host + l * per_logits, m->boxes_host + l * per_boxes, B,
+                                     Q, C1, targets, norm, w, matching + (size_t)l * B * Q, grad_scale,
+                                     ll, want_grad ? dlogits + l * per_logits : NULL,
+                                     want_grad ? dboxes + l * per_boxes : NULL, err, errlen);
+        if (rc == 0)
+            out->total += w->ce_coef * ll->loss_ce + w->bbox_coef * ll->loss_bbox +
+                          w->giou_coef * ll->loss_giou;
+    }
+    host_free(matching);
+    m->phase_s[PHASE_LOSS] = timer_now() - t1;
     prof_range_pop(m->prof);
     if (rc == 0 && want_grad) {
         prof_range_push(m->prof, PROF_PHASE_BACKWARD);

@@ -17,7 +17,7 @@
 /* Phases of one step, timed by detr_forward / detr_loss_backward (wall seconds) and counted in
  * FLOPs (analytic, multiply-add = 2). The optimizer phase is filled by the trainer. */
 typedef enum {
-    PHASE_BACKBONE, PHASE_TRANSFORMER, PHASE_HEADS, PHASE_LOSS,
+    PHASE_BACKBONE, PHASE_TRANSFORMER, PHASE_HEADS, PHASE_MATCHER, PHASE_LOSS,
     PHASE_BWD_HEADS, PHASE_BWD_TRANSFORMER, PHASE_BWD_BACKBONE, PHASE_OPTIMIZER, PHASE_N
 } Phase;
 extern const char *const PHASE_NAMES[PHASE_N];

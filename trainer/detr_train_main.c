@@ -267,7 +267,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (runtime_init(a.threads) != 0) return 2;
-    if (a.mem_limit) mem_set_limit(a.mem_limit);
+    /* training sets the budget after its start-up estimate (train_check_memory) */
+    if (a.mem_limit && (a.inputs || a.eval_only)) mem_set_limit(a.mem_limit);
     if (a.inputs && !a.mo.set_dropout) a.mo.dropout = 0, a.mo.set_dropout = 1; /* golden: no dropout */
     if (a.inputs) {
         Detr *m = build_model(&a, 0);
@@ -313,7 +314,11 @@ int main(int argc, char **argv) {
     } else if (a.eval_only) {
         rc = train_evaluate_only(&a.tl, m, &val);
     } else {
-        rc = train_on_dataset(&a.tl, m, &ds, have_val ? &val : NULL);
+        rc = a.mem_limit ? train_check_memory(&a.tl, m, a.mem_limit) : 0;
+        if (rc == 0) {
+            if (a.mem_limit) mem_set_limit(a.mem_limit);
+            rc = train_on_dataset(&a.tl, m, &ds, have_val ? &val : NULL);
+        }
     }
     detr_destroy(m);
     if (have_train) dataset_close(&ds);

@@ -1,5 +1,6 @@
 /* train_loop.c - see train_loop.h */
 #include "train_loop.h"
+#include "mem_estimate.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,13 +153,39 @@ static char *run_json(const TrainLoopConfig *c) {
     return text;
 }
 
+/* Batch slots of the loader: the consumer holds accum batches at once, plus one being prepared. */
+static int loader_slots(const TrainLoopConfig *c) {
+    return c->prefetch > c->accum + 1 ? c->prefetch : c->accum + 1;
+}
+
+int train_check_memory(const TrainLoopConfig *c, Detr *m, size_t limit) {
+    char err[4096];
+    int side = (c->max_size > 0 ? c->max_size : 1333) + 1; /* as the loader sizes its slots */
+    MemEstimate e;
+    if (mem_estimate_training(m, c->batch, side, loader_slots(c), &e, err, sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return 2;
+    }
+    if (e.total <= limit) {
+        printf("memory: estimated %.1f MiB of the %.1f MiB budget at the largest batch (%d x 3 x %d x %d)\n",
+               e.total / 1048576.0, limit / 1048576.0, e.B, e.side, e.side);
+        return 0;
+    }
+    fprintf(stderr, "error: this run does not fit --mem-limit %zu bytes: estimated need per category at "
+            "its largest batch (%d images padded to %d x %d, %d loader slots):\n", limit, e.B, e.side,
+            e.side, e.slots);
+    mem_estimate_print(stderr, &e, limit);
+    fprintf(stderr, "HINT: lower --batch, --max-size/--scales or --prefetch, use --accum for the same "
+            "effective batch, or raise --mem-limit.\n");
+    return EXIT_OOM;
+}
+
 static Loader *make_loader(const TrainLoopConfig *c, const Dataset *ds, char *err, size_t errlen) {
     LoaderConfig lc;
     loader_config_default(&lc);
     lc.batch = c->batch;
     lc.workers = c->workers;
-    /* the consumer holds accum batches at once, plus one being prepared */
-    lc.prefetch = c->prefetch > c->accum + 1 ? c->prefetch : c->accum + 1;
+    lc.prefetch = loader_slots(c);
     lc.seed = c->seed;
     lc.group_by_aspect = c->group_by_aspect;
     lc.strict = c->strict;

@@ -46,4 +46,9 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
 /* Evaluates m on val, prints and logs the result; returns the exit code. */
 int train_evaluate_only(const TrainLoopConfig *c, Detr *m, const Dataset *val);
 
+/* With a memory budget (limit > 0, not yet in force): estimates the run's need per category at
+ * its largest batch (mem_estimate.h) and returns 0 when it fits, printing one line; otherwise
+ * prints the estimate per category with a hint and returns EXIT_OOM (2 when the probe fails). */
+int train_check_memory(const TrainLoopConfig *c, Detr *m, size_t limit);
+
 #endif

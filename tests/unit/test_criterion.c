@@ -469,11 +469,56 @@ static void test_pytorch_fixture(void) {
     json_decref(root);
 }
 
+/* ---- 6. the loss with a given matching (criterion_layer_matched) ---- */
+
+static void test_given_matching(void) {
+    enum { B = 1, Q = 3, C1 = 3 };
+    const float logits[B * Q * C1] = {2, 0, 1,  0, 1, 0,  1, 1, 3}; /* [1, 3, 3] */
+    const float boxes[B * Q * 4] = {0.3f, 0.3f, 0.2f, 0.2f,  0.6f, 0.6f, 0.3f, 0.3f,
+                                    0.5f, 0.5f, 0.5f, 0.5f};          /* [1, 3, 4] cxcywh */
+    const int labels[2] = {0, 1};
+    const float tboxes[8] = {0.32f, 0.3f, 0.2f, 0.25f,  0.6f, 0.55f, 0.3f, 0.35f};
+    ImageTargets t = {2, (int *)labels, (float *)tboxes};
+    LossWeights w;
+    loss_weights_default(&w);
+    LossNormalisers n;
+    loss_normalisers_init(&n);
+    loss_normalisers_add(&n, &t, B, Q, w.eos_coef);
+    char err[256] = "";
+    int matching[Q];
+    int rc = criterion_match(logits, boxes, B, Q, C1, &t, &w, matching, err, sizeof err);
+    LayerLosses a, b;
+    float dla[B * Q * C1] = {0}, dba[B * Q * 4] = {0}, dlb[B * Q * C1] = {0}, dbb[B * Q * 4] = {0};
+    rc |= criterion_layer_partial(logits, boxes, B, Q, C1, &t, &n, &w, 1.0, &a, dla, dba, err, sizeof err);
+    rc |= criterion_layer_matched(logits, boxes, B, Q, C1, &t, &n, &w, matching, 1.0, &b, dlb, dbb, err,
+                                  sizeof err);
+    int same = a.loss_ce == b.loss_ce && a.loss_bbox == b.loss_bbox && a.loss_giou == b.loss_giou;
+    for (int i = 0; i < B * Q * C1; i++) same &= dla[i] == dlb[i];
+    for (int i = 0; i < B * Q * 4; i++) same &= dba[i] == dbb[i];
+    CHECK("criterion: the matcher's matching given = matched inside, bit for bit", rc == 0 && same, "%s", err);
+
+    /* invalid matchings are refused with a message and leave the gradients untouched */
+    const int bad[4][Q] = {{0, 0, -1}, {0, 2, -1}, {0, -1, -1}, {-2, 0, 1}};
+    const char *what[4] = {"a target twice", "a target out of range", "too few pairs", "an entry below -1"};
+    for (int k = 0; k < 4; k++) {
+        float dl[B * Q * C1] = {0};
+        err[0] = 0;
+        rc = criterion_layer_matched(logits, boxes, B, Q, C1, &t, &n, &w, bad[k], 1.0, &b, dl, NULL, err,
+                                     sizeof err);
+        int untouched = 1;
+        for (int i = 0; i < B * Q * C1; i++) untouched &= dl[i] == 0;
+        char name[128];
+        snprintf(name, sizeof name, "criterion: a matching with %s is refused", what[k]);
+        CHECK(name, rc == -1 && untouched && strstr(err, "matching of image 0"), "rc %d err '%s'", rc, err);
+    }
+}
+
 int main(void) {
     test_hand_case();
     test_finite_differences();
     test_no_targets();
     test_invalid_input();
     test_pytorch_fixture();
+    test_given_matching();
     return test_finish();
 }

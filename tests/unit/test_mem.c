@@ -103,10 +103,40 @@ static void test_train_oom(void) {
         buf[n] = 0;
         fclose(f);
     }
-    CHECK("detr-train --mem-limit: message names request, budget, categories",
-          strstr(buf, "requested") && strstr(buf, "budget") && strstr(buf, "parameters") &&
-              strstr(buf, "activations"),
-          "log: %.300s", buf);
+    CHECK("detr-train --mem-limit: refused at start with the estimate per category and a hint",
+          strstr(buf, "does not fit --mem-limit 31457280") && strstr(buf, "budget") &&
+              strstr(buf, "parameters") && strstr(buf, "gradients") && strstr(buf, "optimizer") &&
+              strstr(buf, "activations") && strstr(buf, "inputs") && strstr(buf, "HINT") &&
+              !strstr(buf, "epoch 0 step"),
+          "log: %.600s", buf);
+
+    /* a budget that fits: the estimate is printed and bounds the peak the run really reaches */
+    snprintf(cmd, sizeof(cmd), "%s/detr-train --threads 1 --steps 2 --batch 2 --scales 64 --max-size 64 "
+             "--resize-choices 48,56,64 --crop 40,48 --eval-every 0 --mem-limit 1G --out /tmp/detr-oom-test "
+             "> /tmp/detr-oom-test.log 2>&1", build);
+    rc = system(cmd);
+    code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    f = fopen("/tmp/detr-oom-test.log", "r");
+    memset(buf, 0, sizeof(buf));
+    if (f) {
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+    double est_mib = -1;
+    const char *at = strstr(buf, "memory: estimated ");
+    if (at) est_mib = atof(at + strlen("memory: estimated "));
+    long long peak = -1;
+    f = fopen("/tmp/detr-oom-test/train.jsonl", "r");
+    char line[2048];
+    while (f && fgets(line, sizeof(line), f)) {
+        const char *p = strstr(line, "\"mem_peak_bytes\":");
+        if (p) peak = atoll(p + strlen("\"mem_peak_bytes\":"));
+    }
+    if (f) fclose(f);
+    CHECK("detr-train --mem-limit: a run that fits trains, and its peak stays within the estimate",
+          code == 0 && est_mib > 0 && peak > 0 && peak <= est_mib * 1048576.0 * 1.001 + 1,
+          "exit %d, estimate %.1f MiB, peak %lld bytes; log %.300s", code, est_mib, peak, buf);
 }
 
 int main(void) {
