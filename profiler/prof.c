@@ -226,6 +226,18 @@ int prof_step_add_memory(ProfStepRecord *r, const char *category, int64_t curren
     return 0;
 }
 
+void prof_step_abandon(Prof *p, int64_t step) {
+    if (!p) {
+        nvtx_ranges_pop();
+        return;
+    }
+    if (tl_overflow == 0 && tl_depth > 0 && tl_stack[tl_depth - 1].p == p &&
+        tl_stack[tl_depth - 1].phase == PROF_PHASE_STEP)
+        tl_stack[tl_depth - 1].recorded = 0;
+    prof_range_pop(p);
+    atomic_store_explicit(&p->cur_step, step, memory_order_relaxed);
+}
+
 void prof_step_end(Prof *p, const ProfStepRecord *r) {
     int64_t end_ns = prof_now_ns();
     if (!p) {

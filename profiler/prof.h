@@ -239,6 +239,10 @@ int prof_step_add_loss(ProfStepRecord *r, const char *name, double value);
 int prof_step_add_memory(ProfStepRecord *r, const char *category, int64_t current_bytes,
                          int64_t peak_bytes);
 void prof_step_end(Prof *prof, const ProfStepRecord *r);
+/* Closes the "step" range of a prof_step_begin that turned out to have no step (the loader had no
+ * batch left: the end of an epoch) without recording it, and makes `step` current again (the
+ * last completed one), so that what follows (evaluation, checkpoint) is attributed to it. */
+void prof_step_abandon(Prof *prof, int64_t step);
 
 void prof_loader_record_init(ProfLoaderRecord *r);
 void prof_loader(Prof *prof, const ProfLoaderRecord *r);

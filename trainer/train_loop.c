@@ -428,7 +428,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
             LoaderStats st = n ? held[n - 1]->stats : (LoaderStats){0};
             int H = n ? held[n - 1]->H : 0, W = n ? held[n - 1]->W : 0;
             if (prof && rc == 0 && n > 0) record_step(prof, &tr, &res, step + 1, epoch, images, wait_ns, lr, lr_bb, held, n);
-            else prof_range_pop(prof); /* no step (end of epoch or failure): close its range */
+            else prof_step_abandon(prof, step); /* no step (end of epoch or failure) */
             for (int k = 0; k < n; k++) loader_release(ld, held[k]);
             if (rc == 0 && n == 0) epoch_done = 1;
             if (rc || n == 0) break; /* failure, or the end of the epoch */
