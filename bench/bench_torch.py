@@ -16,7 +16,7 @@ import detr_ref  # noqa: E402
 
 PRESETS = {  # same shapes as trainer/config.c
     "tiny": dict(depth=18, hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2, dim_feedforward=128,
-                 num_queries=20, num_classes=8),
+                 num_queries=10, num_classes=8, dropout=0.0),  # tiny: no dropout (trainer/config.c)
     "r50": dict(depth=50, hidden_dim=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048,
                 num_queries=100, num_classes=91),
 }
@@ -47,7 +47,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     cfg = PRESETS[args.preset]
-    model = detr_ref.DETR(dropout=0.1, **cfg)
+    model = detr_ref.DETR(**{"dropout": 0.1, **cfg})
     model.train()
     matcher = detr_ref.HungarianMatcher()
     weight_dict = detr_ref.build_weight_dict(cfg["dec_layers"])

@@ -89,6 +89,7 @@ static int parse_size(const char *s, int *w, int *h) {
 static const char *USAGE_SYNTH =
     "usage: detr-data synth OUT [--images N] [--val N] [--size WxH] [--classes C] [--seed S]\n"
     "                          [--quality Q] [--max-objects K] [--min-objects K] [--jitter F]\n"
+    "                          [--object-size MIN,MAX] [--class-hues]\n"
     "                          [--threads T]\n"
     "Writes a synthetic COCO-format dataset to the folder OUT (which must not exist or be empty;\n"
     "it appears only once complete): OUT/annotations/instances_{train,val}.json, OUT/train/,\n"
@@ -103,6 +104,7 @@ static int cmd_synth(int argc, char **argv) {
     int val = -1, seed_set = 0;
     uint64_t seed = 0;
     float jitter = 0;
+    const char *object_size = NULL;
     CliOption opts[] = {
         {"images", OPT_INT, &c.train_images, "N", "train images (default 100)", NULL},
         {"val", OPT_INT, &val, "N", "val images (default: a quarter of --images, at least 1)", NULL},
@@ -113,6 +115,9 @@ static int cmd_synth(int argc, char **argv) {
         {"max-objects", OPT_INT, &c.max_objects, "K", "objects per image at most (default 4)", NULL},
         {"min-objects", OPT_INT, &c.min_objects, "K", "objects per image at least (default 1)", NULL},
         {"jitter", OPT_FLOAT, &jitter, "F", "each side drawn from [side*(1-F), side], F in 0..0.5 (default 0)", NULL},
+        {"object-size", OPT_STR, &object_size, "MIN,MAX", "object side range as fractions of the short side "
+         "(default 0.12,0.45)", NULL},
+        {"class-hues", OPT_FLAG, &c.class_hues, NULL, "give every class its own hue band (colour identifies it)", NULL},
         {"threads", OPT_INT, &c.threads, "T", "generator threads (default: one per CPU)", NULL},
     };
     int oargc;
@@ -127,6 +132,10 @@ static int cmd_synth(int argc, char **argv) {
     }
     if (size && parse_size(size, &c.width, &c.height) != 0) {
         fprintf(stderr, "error: --size '%s': expected WxH, e.g. 640x480\n", size);
+        return 2;
+    }
+    if (object_size && sscanf(object_size, "%lf,%lf", &c.min_object, &c.max_object) != 2) {
+        fprintf(stderr, "error: --object-size '%s': expected MIN,MAX fractions, e.g. 0.25,0.6\n", object_size);
         return 2;
     }
     c.seed = seed;

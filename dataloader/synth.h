@@ -14,7 +14,8 @@
  *
  * Classes: class k (0-based) is shape k % 6 and, when there are more than 6 classes, hue band
  * k / 6 of ceil(classes / 6) bands; within its band every object gets a random colour, so each
- * class shows several colours and the shape is what identifies it.
+ * class shows several colours and the shape is what identifies it. With class_hues, class k
+ * has hue band k of `classes` bands instead, so colour identifies it too (the embedded default).
  *
  * Everything is a pure function of the seed: image i of a split is drawn from
  * rng_hash64(seed, split, i), so the output is byte-identical whatever the number of threads.
@@ -39,6 +40,10 @@ typedef struct {
     int classes;           /* category ids 1..classes */
     int min_objects, max_objects; /* per image, 1..SYNTH_MAX_OBJECTS (fewer if they do not fit) */
     int quality;           /* JPEG quality 1..100 (4:2:0 chroma subsampling, as PIL saves) */
+    double min_object, max_object; /* object side range, fractions of the image's short side
+                                    * (default 0.12..0.45; 0 < min <= max <= 0.9) */
+    int class_hues;        /* 1: every class its own hue band (colour and shape identify it);
+                            * 0 (default): bands only beyond 6 classes, as described above */
     uint64_t seed;
     int threads;           /* generator threads, 0 = one per online CPU */
 } SynthDatasetConfig;
@@ -47,9 +52,9 @@ typedef struct {
  * quality 90, seed 0. */
 void synth_config_default(SynthDatasetConfig *c);
 
-/* The embedded default dataset (see synth.c for why these numbers): 256 train + 64 val images
- * of 128x128, 3 classes (category ids 1..3, so num_classes = 4), 1..2 objects, quality 90,
- * seed 42. */
+/* The embedded default dataset (see synth.c for why these numbers): 2048 train + 128 val images
+ * of 64x64, 3 classes (category ids 1..3, so num_classes = 4) each with its own hue band, one
+ * object of 25%..60% of the side per image, quality 90, seed 42. */
 void synth_config_embedded(SynthDatasetConfig *c);
 
 /* Checks the fields; returns 0 or -1 with err naming the field and its valid range. */
@@ -70,13 +75,13 @@ int synth_dataset_write(const char *out_dir, const SynthDatasetConfig *c, SynthS
                         char *err, size_t errlen);
 
 /* The embedded default dataset: generated on first use into
- * $XDG_CACHE_HOME/detr/synth-default-v1 (or ~/.cache/detr/synth-default-v1), reused afterwards;
+ * $XDG_CACHE_HOME/detr/synth-default-v2 (or ~/.cache/detr/synth-default-v2), reused afterwards;
  * safe when several processes race to create it. Writes the folder's path into dir_out.
  * Returns 0 or -1 with err. */
 int synth_dataset_default(char *dir_out, size_t len, char *err, size_t errlen);
 
 /* The same under cache_root (NULL = the default cache folder, $XDG_CACHE_HOME/detr or
- * ~/.cache/detr): the dataset is cache_root/synth-default-v1. *generated (may be NULL) is set
+ * ~/.cache/detr): the dataset is cache_root/synth-default-v2. *generated (may be NULL) is set
  * to 1 when this call generated it, 0 when it was already there. */
 int synth_dataset_default_in(const char *cache_root, char *dir_out, size_t len, int *generated,
                              char *err, size_t errlen);

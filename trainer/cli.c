@@ -113,7 +113,7 @@ int cli_model_options(CliOption *o, int n, ModelOptions *mo) {
     ADD("ffn", OPT_INT, &mo->ffn, "N", "feed-forward width", &mo->set_ffn);
     ADD("queries", OPT_INT, &mo->queries, "N", "object queries", &mo->set_queries);
     ADD("num-classes", OPT_INT, &mo->num_classes, "N", "classes = max category id + 1 (head has N+1 outputs)", &mo->set_classes);
-    ADD("dropout", OPT_FLOAT, &mo->dropout, "P", "dropout probability (default 0.1)", &mo->set_dropout);
+    ADD("dropout", OPT_FLOAT, &mo->dropout, "P", "dropout probability (default 0.1; the tiny preset: 0)", &mo->set_dropout);
     ADD("pre-norm", OPT_FLAG, &mo->pre_norm, NULL, "pre-norm transformer (default post-norm)", NULL);
     ADD("dilation", OPT_FLAG, &mo->dilation, NULL, "DC5: dilated layer4 (ResNet-50/101)", NULL);
     ADD("no-aux-loss", OPT_FLAG, &mo->no_aux_loss, NULL, "loss on the last decoder layer only", NULL);

@@ -33,12 +33,12 @@ static const char *USAGE =
     "budget (--mem-limit).";
 
 typedef struct {
-    const char *weights, *inputs, *targets, *dump_grads, *amp, *device;
+    const char *weights, *inputs, *targets, *dump_grads, *amp, *device, *save_init;
     int threads, version, eval_only;
     size_t mem_limit, max_pixels;
     TrainLoopConfig tl;
     ModelOptions mo;
-    int set_steps;
+    int set_steps, set_lr_backbone;
 } Args;
 
 static int parse_args(int argc, char **argv, Args *a) {
@@ -57,6 +57,8 @@ static int parse_args(int argc, char **argv, Args *a) {
     t->keep_last = 3;
     CliOption o[64] = {
         {"weights", OPT_STR, &a->weights, "FILE", "initial weights (safetensors); shape inferred", NULL},
+        {"save-init", OPT_STR, &a->save_init, "FILE", "write the initial weights (reference names) to FILE before training, "
+         "e.g. to start the PyTorch reference from them", NULL},
         {"inputs", OPT_STR, &a->inputs, "FILE", "golden mode: images/mask safetensors", NULL},
         {"targets", OPT_STR, &a->targets, "FILE", "golden mode: targets JSON (list of {labels, boxes})", NULL},
         {"dump-grads", OPT_STR, &a->dump_grads, "FILE", "golden mode: write losses, grads (and params) here", NULL},
@@ -66,10 +68,10 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"cache", OPT_STR, &t->cache, "DIR", "index cache folder (default $XDG_CACHE_HOME/detr)", NULL},
         {"workers", OPT_INT, &t->workers, "N", "data loader threads (default 2)", NULL},
         {"prefetch", OPT_INT, &t->prefetch, "K", "batches prepared ahead (default 2)", NULL},
-        {"scales", OPT_STR, &t->scales, "LIST", "train resize scales (default 480,512,...,800)", NULL},
-        {"max-size", OPT_INT, &t->max_size, "N", "longest side after resizing (default 1333)", NULL},
-        {"resize-choices", OPT_STR, &t->resize_choices, "A,B,C", "pre-crop resize sizes (default 400,500,600)", NULL},
-        {"crop", OPT_STR, &t->crop, "MIN,MAX", "random crop side range (default 384,600)", NULL},
+        {"scales", OPT_STR, &t->scales, "LIST", "train resize scales (default 480,512,...,800; embedded dataset: 64)", NULL},
+        {"max-size", OPT_INT, &t->max_size, "N", "longest side after resizing (default 1333; embedded dataset: 64)", NULL},
+        {"resize-choices", OPT_STR, &t->resize_choices, "A,B,C", "pre-crop resize sizes (default 400,500,600; embedded dataset: 64,64,64)", NULL},
+        {"crop", OPT_STR, &t->crop, "MIN,MAX", "random crop side range (default 384,600; embedded dataset: 64,64)", NULL},
         {"group-by-aspect", OPT_FLAG, &t->group_by_aspect, NULL, "batch images of similar aspect ratio", NULL},
         {"strict", OPT_FLAG, &t->strict, NULL, "stop at the first unreadable sample (default: skip it)", NULL},
         {"max-pixels", OPT_SIZE, &a->max_pixels, "N", "refuse images above N pixels (default 100M)", NULL},
@@ -77,7 +79,8 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"steps", OPT_INT, &t->steps, "N", "stop after N steps (golden mode: AdamW steps, default 0)", &a->set_steps},
         {"batch", OPT_INT, &t->batch, "N", "images per step (default 2, as the reference)", NULL},
         {"lr", OPT_FLOAT, &t->oc.lr, "LR", "learning rate (default 1e-4)", NULL},
-        {"lr-backbone", OPT_FLOAT, &t->oc.lr_backbone, "LR", "backbone learning rate (default 1e-5; 0 freezes it)", NULL},
+        {"lr-backbone", OPT_FLOAT, &t->oc.lr_backbone, "LR", "backbone learning rate (default 1e-5, the reference's with ImageNet weights; the tiny "
+         "preset: --lr, as it starts from random weights; 0 freezes it)", &a->set_lr_backbone},
         {"lr-drop", OPT_INT, &t->oc.lr_drop, "N", "multiply the learning rates by 0.1 every N epochs (default 200)", NULL},
         {"weight-decay", OPT_FLOAT, &t->oc.weight_decay, "W", "AdamW weight decay (default 1e-4)", NULL},
         {"clip", OPT_FLOAT, &t->oc.clip, "N", "gradient clipping max norm (default 0.1; 0 disables)", NULL},
@@ -95,17 +98,30 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"val-ann", OPT_STR, &t->val_ann, "FILE", "val instances JSON (with --val-images)", NULL},
         {"val-images", OPT_STR, &t->val_images, "DIR", "image folder of --val-ann", NULL},
         {"eval-every", OPT_INT, &t->eval_every, "N", "COCO evaluation on the val split every N epochs and at the end (default 1; 0 = never)", NULL},
-        {"val-size", OPT_INT, &t->val_size, "N", "val transform's short side (default 800)", NULL},
+        {"val-size", OPT_INT, &t->val_size, "N", "val transform's short side (default 800; embedded dataset: 64)", NULL},
         {"eval-only", OPT_FLAG, &a->eval_only, NULL, "evaluate --weights on the val split and exit", NULL},
         {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
-    int n = 44;
+    int n = 0;
+    while (n < 64 && o[n].name) n++;
     n = cli_model_options(o, n, &a->mo);
     int rc = cli_parse(argc, argv, o, n, USAGE);
     if (rc) return rc;
     if (a->inputs && !a->set_steps) t->steps = 0;
+    /* Without ImageNet weights the backbone must learn at the full rate (the tiny preset always
+     * starts from random weights unless --weights is given). */
+    if (!a->set_lr_backbone && !a->weights && strcmp(a->mo.preset, "tiny") == 0) t->oc.lr_backbone = t->oc.lr;
+    /* The embedded dataset's 64x64 images get transforms sized for them (flip only, as the
+     * reference's resize/crop pipeline at 64: see dataloader/synth.c), unless overridden. */
+    if (!t->data && !t->ann) {
+        if (!t->scales) t->scales = "64";
+        if (!t->max_size) t->max_size = 64;
+        if (!t->resize_choices) t->resize_choices = "64,64,64";
+        if (!t->crop) t->crop = "64,64";
+        if (!t->val_size) t->val_size = 64;
+    }
     t->max_pixels = (int64_t)a->max_pixels;
     if (t->steps < 0 || t->batch < 1 || t->epochs < 1 || t->workers < 1 || t->prefetch < 1 || t->log_every < 1) {
         fprintf(stderr, "error: --steps must be >= 0; --batch, --epochs, --workers, --prefetch and "
@@ -314,7 +330,9 @@ int main(int argc, char **argv) {
     } else if (a.eval_only) {
         rc = train_evaluate_only(&a.tl, m, &val);
     } else {
-        rc = a.mem_limit ? train_check_memory(&a.tl, m, a.mem_limit) : 0;
+        rc = a.save_init && weights_save(m, a.save_init, err, sizeof(err)) != 0 ? 2 : 0;
+        if (rc) fprintf(stderr, "error: --save-init: %s\n", err);
+        if (rc == 0 && a.mem_limit) rc = train_check_memory(&a.tl, m, a.mem_limit);
         if (rc == 0) {
             if (a.mem_limit) mem_set_limit(a.mem_limit);
             rc = train_on_dataset(&a.tl, m, &ds, have_val ? &val : NULL);

@@ -197,16 +197,16 @@ static Loader *make_loader(const TrainLoopConfig *c, const Dataset *ds, char *er
 }
 
 static void log_step(FILE *log, int step, int epoch, const StepResult *res, float lr, int images,
-                     double wait_s, const LoaderStats *st, int H, int W) {
+                     double wait_s, const LoaderStats *st, int H, int W, double t) {
     MemStats ms = mem_stats();
     const LayerLosses *fin = &res->losses.layer[res->losses.L - 1];
     fprintf(log, "{\"step\":%d,\"epoch\":%d,\"loss\":%.6f,\"loss_ce\":%.6f,\"loss_bbox\":%.6f,"
             "\"loss_giou\":%.6f,\"class_error\":%.3f,\"grad_norm\":%.6f,\"lr\":%.3g,\"images\":%d,"
             "\"step_s\":%.4f,\"data_wait_s\":%.4f,\"images_per_s\":%.3f,\"batch_hw\":[%d,%d],"
-            "\"padded_fraction\":%.4f,\"skipped\":%d,\"mem_peak_bytes\":%zu}\n",
+            "\"padded_fraction\":%.4f,\"skipped\":%d,\"mem_peak_bytes\":%zu,\"t\":%.4f}\n",
             step, epoch, res->losses.total, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
             fin->class_error, res->grad_norm, lr, images, res->seconds, wait_s,
-            images / (res->seconds + wait_s), H, W, st->padded_fraction, st->skipped, ms.total_peak);
+            images / (res->seconds + wait_s), H, W, st->padded_fraction, st->skipped, ms.total_peak, t);
 }
 
 static int save_checkpoint(const TrainLoopConfig *c, Trainer *tr, int step, int epoch,
@@ -258,6 +258,7 @@ static void record_step(Prof *prof, const Trainer *tr, const StepResult *res, in
     for (int cat = 0; cat < MEM_NCAT; cat++)
         prof_step_add_memory(&r, mem_category_name((MemCategory)cat), (int64_t)ms.current[cat],
                              (int64_t)ms.peak[cat]);
+    prof_step_add_memory(&r, "total", (int64_t)ms.total_current, (int64_t)ms.total_peak);
     prof_step_end(prof, &r);
     for (int k = 0; k < n; k++) {
         const LoaderStats *st = &held[k]->stats;
@@ -437,7 +438,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
             pos += n;
             t_train += res.seconds;
             ema = steps_here > 1 ? 0.9 * ema + 0.1 * res.losses.total : res.losses.total;
-            log_step(log, step, epoch, &res, lr, images, wait, &st, H, W);
+            log_step(log, step, epoch, &res, lr, images, wait, &st, H, W, timer_now() - t_start);
             int milestone = step % c->log_every == 0 || steps_here == 1 || step == total_steps;
             double now = timer_now();
             if (milestone || (tty && now - last_draw > 0.25)) {

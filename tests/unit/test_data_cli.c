@@ -216,8 +216,8 @@ static void test_default(const char *cache) {
     setenv("XDG_CACHE_HOME", cache, 1);
     int rc = run("default", &out, &err);
     char want[600];
-    snprintf(want, sizeof(want), "%s/detr/synth-default-v1", cache);
-    CHECK("default: prints $XDG_CACHE_HOME/detr/synth-default-v1, generated on first use",
+    snprintf(want, sizeof(want), "%s/detr/synth-default-v2", cache);
+    CHECK("default: prints $XDG_CACHE_HOME/detr/synth-default-v2, generated on first use",
           rc == 0 && strstr(out, want) && strstr(err, "generated"), "rc %d: %s%s", rc, out, err);
     free(out), free(err);
     rc = run("default", &out, &err);
@@ -231,7 +231,7 @@ static void test_default(const char *cache) {
     json_t *j = bench_json(args, &brc);
     CHECK("default: bench default runs on the embedded dataset", brc == 0 && j &&
           json_integer_value(json_object_get(j, "images")) == 32 &&
-          json_integer_value(json_object_get(j, "dataset_images")) == 256, "rc %d", brc);
+          json_integer_value(json_object_get(j, "dataset_images")) == 2048, "rc %d", brc);
     json_decref(j);
     rc = run("check default", &out, &err);
     CHECK("default: check default is clean", rc == 0, "rc %d: %s%s", rc, out, err);

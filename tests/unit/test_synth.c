@@ -374,7 +374,7 @@ static void test_default(void) {
     int rc = synth_dataset_default_in(root, dir, sizeof(dir), &generated, err, sizeof(err));
     double gen_s = now_s() - t0;
     CHECK("default: generated on first use", rc == 0 && generated == 1, "rc %d generated %d: %s", rc, generated, err);
-    printf("     embedded default (256 + 64 images of 128x128) generated in %.2f s\n", gen_s);
+    printf("     embedded default (2048 + 128 images of 64x64) generated in %.2f s\n", gen_s);
     t0 = now_s();
     rc = synth_dataset_default_in(root, dir2, sizeof(dir2), &generated, err, sizeof(err));
     double reuse_s = now_s() - t0;
@@ -386,8 +386,8 @@ static void test_default(void) {
     int ntrain = count_entries(sub, "0");
     snprintf(sub, sizeof(sub), "%s/val", dir);
     int nval = count_entries(sub, "0");
-    CHECK("default: 256 train + 64 val images under <cache>/synth-default-v1",
-          ntrain == 256 && nval == 64 && strstr(dir, "/cache/synth-default-v1") != NULL, "%d/%d in %s",
+    CHECK("default: 2048 train + 128 val images under <cache>/synth-default-v2",
+          ntrain == 2048 && nval == 128 && strstr(dir, "/cache/synth-default-v2") != NULL, "%d/%d in %s",
           ntrain, nval, dir);
 
     /* XDG_CACHE_HOME is honoured by the plain entry point */
@@ -396,8 +396,8 @@ static void test_default(void) {
     mkdir(xdg, 0755);
     setenv("XDG_CACHE_HOME", xdg, 1);
     rc = synth_dataset_default(dir, sizeof(dir), err, sizeof(err));
-    snprintf(sub, sizeof(sub), "%s/detr/synth-default-v1", xdg);
-    CHECK("default: lives in $XDG_CACHE_HOME/detr/synth-default-v1", rc == 0 && !strcmp(dir, sub), "%s (%s)", dir, err);
+    snprintf(sub, sizeof(sub), "%s/detr/synth-default-v2", xdg);
+    CHECK("default: lives in $XDG_CACHE_HOME/detr/synth-default-v2", rc == 0 && !strcmp(dir, sub), "%s (%s)", dir, err);
 
     /* a race of two processes on an empty cache: both succeed, one complete dataset, no leftovers */
     char race[300];
@@ -416,14 +416,14 @@ static void test_default(void) {
         waitpid(pids[i], &status, 0);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ok = 0;
     }
-    snprintf(sub, sizeof(sub), "%s/synth-default-v1/train", race);
+    snprintf(sub, sizeof(sub), "%s/synth-default-v2/train", race);
     int n = count_entries(sub, "0");
     CHECK("default: two racing processes both succeed, one complete dataset, no temporary folders",
-          ok && n == 256 && count_entries(race, ".") == 0, "ok %d, %d images, %d hidden entries", ok, n,
+          ok && n == 2048 && count_entries(race, ".") == 0, "ok %d, %d images, %d hidden entries", ok, n,
           count_entries(race, "."));
 
     /* a damaged default (annotation file deleted) is regenerated, never trusted */
-    snprintf(sub, sizeof(sub), "%s/synth-default-v1/annotations/instances_val.json", root);
+    snprintf(sub, sizeof(sub), "%s/synth-default-v2/annotations/instances_val.json", root);
     remove(sub);
     rc = synth_dataset_default_in(root, dir, sizeof(dir), &generated, err, sizeof(err));
     struct stat s;
