@@ -29,7 +29,7 @@ CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -fno-math-errno -ftree-vectori
 # calls and our parallel loops never fight over the cores (with the pthread build, OpenMP
 # workers spin-waiting between loops made training 10x slower on 2 cores).
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0 -ljansson -luv -lsqlite3 -lturbojpeg -lspng -lm -lpthread
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0 -ljansson -luv -lsqlite3 -lturbojpeg -lspng -lhttp_parser -lm -lpthread
 LDFLAGS  := -fopenmp $(SAN)
 
 LIB_SRC  := $(filter-out %_main.c,$(wildcard trainer/*.c dataloader/*.c profiler/*.c))
@@ -48,7 +48,7 @@ LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasL
             -lnccl -lcudart -lstdc++
 endif
 
-BINS := $(BUILD)/detr-train $(BUILD)/detr-infer $(if $(wildcard dataloader/detr_data_main.c),$(BUILD)/detr-data)
+BINS := $(BUILD)/detr-train $(BUILD)/detr-infer $(BUILD)/detr-data $(BUILD)/detr-prof
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
@@ -57,7 +57,20 @@ BENCH_BINS := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 .PHONY: all test run asan tsan bench gpu-check setup clean
 all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
 
-$(BUILD)/libdetr.a: $(LIB_OBJ) $(CUDA_OBJ)
+# Front-end files embedded into detr-prof (profiler/assets.h): the report and dashboard pages and
+# the charting library, installed from npm (package.json, package-lock.json) at build time.
+ECHARTS    := node_modules/echarts/dist/echarts.min.js
+ASSET_SRC  := $(sort $(wildcard reports/*.html reports/*.js reports/*.css dashboards/*.html dashboards/*.js dashboards/*.css))
+$(ECHARTS): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+$(BUILD)/assets.c: scripts/embed_assets.py $(ASSET_SRC) $(ECHARTS)
+	@mkdir -p $(dir $@)
+	python3 scripts/embed_assets.py $@ $(foreach f,$(ASSET_SRC),$(f)=$(f)) vendor/echarts.min.js=$(ECHARTS)
+$(BUILD)/assets.o: $(BUILD)/assets.c $(FLAGS_STAMP)
+	$(CC) $(filter-out -g -march=native,$(CFLAGS)) -O0 -c $< -o $@
+
+$(BUILD)/libdetr.a: $(LIB_OBJ) $(CUDA_OBJ) $(BUILD)/assets.o
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -70,8 +83,8 @@ $(shell mkdir -p $(BUILD) && echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $(FLAGS
 GIT_REV := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified)
 $(shell echo '#define DETR_GIT_REV "$(GIT_REV)"' | cmp -s - $(BUILD)/git_rev.h || \
         echo '#define DETR_GIT_REV "$(GIT_REV)"' > $(BUILD)/git_rev.h)
-$(BUILD)/trainer/train_loop.o: $(BUILD)/git_rev.h
-$(BUILD)/trainer/train_loop.o: CFLAGS += -I$(BUILD)
+$(BUILD)/trainer/train_loop.o $(BUILD)/trainer/version.o: $(BUILD)/git_rev.h
+$(BUILD)/trainer/train_loop.o $(BUILD)/trainer/version.o: CFLAGS += -I$(BUILD)
 
 $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
@@ -88,6 +101,9 @@ $(BUILD)/detr-infer: $(BUILD)/trainer/detr_infer_main.o $(BUILD)/libdetr.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/detr-data: $(BUILD)/dataloader/detr_data_main.o $(BUILD)/libdetr.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/detr-prof: $(BUILD)/profiler/detr_prof_main.o $(BUILD)/libdetr.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libdetr.a
@@ -132,6 +148,6 @@ gpu-check:
 	@scripts/gpu_check.sh
 
 clean:
-	rm -rf build build-cpu build-asan build-tsan
+	rm -rf build build-cpu build-asan build-tsan node_modules
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -11,9 +11,14 @@ PKGS=(
   libturbojpeg0-dev libjpeg62-turbo-dev  # JPEG decode (TurboJPEG API; jconfig.h for the version)
   libjansson-dev           # JSON (targets, COCO annotations)
   libspng-dev              # PNG decode
+  libhttp-parser-dev       # HTTP request parsing (detr-prof serve)
+  chromium                 # headless browser for the HTML report and dashboard tests
   python3-torch python3-scipy python3-numpy   # PyTorch reference for tests and benchmarks
   python3-torchvision python3-pil             # reference transforms / DataLoader benchmark
 )
+# Node.js and npm install the charting library embedded into detr-prof (package.json); Debian's
+# packages unless a Node.js with npm is already installed (e.g. NodeSource's, which bundles npm).
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
