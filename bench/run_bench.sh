@@ -8,3 +8,4 @@ if [ ! -d "$BUILD/fixtures/tiny" ]; then
 fi
 /usr/bin/python3 bench/run_bench.py --build "$BUILD" "$@"
 /usr/bin/python3 bench/run_loader_bench.py --build "$BUILD"
+/usr/bin/python3 bench/profile_overhead.py --build "$BUILD"
