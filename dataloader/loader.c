@@ -456,6 +456,7 @@ static void sample_work(uv_work_t *req) {
     j->n_boxes = j->dropped_boxes = 0;
     j->read_s = j->decode_s = j->augment_s = 0;
     j->bytes = 0;
+    double t0 = timer_now();
     WorkerCtx *c = ctx_acquire(l);
     if (!c) {
         set_err(j->err, sizeof j->err, "%s: out of memory creating a decoder",
@@ -464,6 +465,7 @@ static void sample_work(uv_work_t *req) {
     }
     load_sample(l, c, j);
     ctx_release(l, c);
+    if (l->cfg.on_work) l->cfg.on_work(l->cfg.work_ctx, LOADER_WORK_SAMPLE, timer_now() - t0);
 }
 
 /* ---- the collate work items (pool thread), one per image of a batch ---- */
@@ -566,6 +568,7 @@ static void collate_work(uv_work_t *req) {
     collate_pixels(&j->out, o, i);
     collate_targets(j->l, j, o, i);
     j->collate_s = timer_now() - t0;
+    if (j->l->cfg.on_work) j->l->cfg.on_work(j->l->cfg.work_ctx, LOADER_WORK_COLLATE, j->collate_s);
 }
 
 /* ---- loop thread: scheduling ---- */

@@ -73,7 +73,15 @@ typedef struct {
      * stderr; called on the loop thread (and in loader_create). NULL = stderr. */
     void (*warn)(void *ctx, const char *line);
     void *warn_ctx;
+    /* optional: called on the worker thread at the end of each work item, with its kind
+     * (LOADER_WORK_SAMPLE: read + decode + augment of one image; LOADER_WORK_COLLATE: one image
+     * collated into its slot) and its duration in seconds; e.g. for a profiler's per-thread
+     * ranges. Must be thread-safe and quick. NULL = none. */
+    void (*on_work)(void *ctx, int kind, double seconds);
+    void *work_ctx;
 } LoaderConfig;
+
+enum { LOADER_WORK_SAMPLE = 0, LOADER_WORK_COLLATE = 1 };
 
 void loader_config_default(LoaderConfig *c);
 

@@ -31,6 +31,8 @@ static const struct {
     [PROF_PHASE_OPTIMIZER] = {"optimizer", 0xFFD81B60u},
     [PROF_PHASE_EVAL] = {"eval", 0xFF546E7Au},
     [PROF_PHASE_CHECKPOINT] = {"checkpoint", 0xFF757575u},
+    [PROF_PHASE_LOAD_SAMPLE] = {"load_sample", 0xFF8D6E63u},
+    [PROF_PHASE_COLLATE] = {"collate", 0xFFA1887Fu},
 };
 #define TEXT_RANGE_ARGB 0xFFBDBDBDu
 
@@ -189,6 +191,14 @@ void prof_range_record(Prof *p, ProfPhase phase, int64_t start_ns, int64_t end_n
 }
 
 /* ---------------------------------------------------------------- steps and other records */
+
+void prof_thread_name(Prof *p, const char *name) {
+    if (!p || !name) return;
+    RangeRecord r = {0};
+    r.global_tid = prof_global_tid();
+    prof_copy_name(r.text, sizeof(r.text), name);
+    enqueue(p, REC_THREAD, &r, sizeof(r));
+}
 
 void prof_step_begin(Prof *p, int64_t step, int epoch) {
     if (p) {

@@ -74,6 +74,8 @@ typedef enum {
     PROF_PHASE_OPTIMIZER,  /* AdamW update */
     PROF_PHASE_EVAL,       /* an evaluation pass */
     PROF_PHASE_CHECKPOINT, /* writing a checkpoint */
+    PROF_PHASE_LOAD_SAMPLE, /* a loader worker reading, decoding and augmenting one image */
+    PROF_PHASE_COLLATE,    /* a loader worker collating one image into its batch slot */
     PROF_PHASE_COUNT
 } ProfPhase;
 
@@ -232,6 +234,10 @@ void prof_range_record(Prof *prof, ProfPhase phase, int64_t start_ns, int64_t en
 
 /* Steps. prof_step_begin sets the step/epoch later ranges and records belong to and pushes the
  * "step" range; prof_step_end pops it and queues the record (copied). */
+/* Names the calling thread in ThreadNames (nsys's table: the name a timeline shows for its
+ * globalTid), e.g. "loader worker". Call once per thread and Prof; later calls add nothing. */
+void prof_thread_name(Prof *prof, const char *name);
+
 void prof_step_begin(Prof *prof, int64_t step, int epoch);
 void prof_step_record_init(ProfStepRecord *r);
 /* Appends a loss term / memory category; returns -1 (ignored) when the record is full. */

@@ -14,7 +14,7 @@
 #define PROF_NVTX_PUSHPOP_RANGE 59
 #define PROF_NVTX_DOMAIN_CREATE 75
 
-typedef enum { REC_STEP, REC_RANGE, REC_LOADER, REC_EVAL, REC_GPU } RecordKind;
+typedef enum { REC_STEP, REC_RANGE, REC_LOADER, REC_EVAL, REC_GPU, REC_THREAD } RecordKind;
 
 typedef struct {
     int64_t step;              /* -1: outside any step */
@@ -35,7 +35,7 @@ typedef struct {
     RecordKind kind;
     union {
         ProfStepRecord *step;  /* heap copies keep the slots small (a step record is ~3 KB) */
-        RangeRecord range;
+        RangeRecord range;     /* REC_RANGE; REC_THREAD: global_tid and text (the name) */
         ProfLoaderRecord loader;
         EvalCopy *eval;
         ProfGpuInfo *gpu;      /* step, eval, gpu: owned by the record, freed once written */

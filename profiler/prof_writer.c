@@ -149,6 +149,22 @@ static int write_range(Prof *p, const RangeRecord *r) {
     return run(s);
 }
 
+/* ThreadNames row for a thread (prof_thread_name): nsys's table, one row per (thread, name). */
+static int write_thread(Prof *p, const RangeRecord *r) {
+    int64_t id = text_id(p, r->text);
+    if (id < 0) return -1;
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(p->db, "INSERT INTO ThreadNames SELECT ?1, 0, ?2 WHERE NOT EXISTS "
+                                  "(SELECT 1 FROM ThreadNames WHERE globalTid = ?2 AND nameId = ?1)",
+                           -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_int64(s, 2, r->global_tid);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(s);
+    return rc;
+}
+
 /* Appends s as a JSON string (quotes, backslashes and control characters escaped). */
 static size_t json_string(char *out, size_t cap, size_t at, const char *s) {
     if (at < cap) out[at++] = '"';
@@ -304,6 +320,7 @@ static int write_record(Prof *p, const Record *r) {
     case REC_LOADER: return write_loader(p, &r->u.loader);
     case REC_EVAL: return write_eval(p, r->u.eval);
     case REC_GPU: return write_gpu(p, r->u.gpu);
+    case REC_THREAD: return write_thread(p, &r->u.range);
     }
     return -1;
 }

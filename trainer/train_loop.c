@@ -1,6 +1,7 @@
 /* train_loop.c - see train_loop.h */
 #include "train_loop.h"
 #include "mem_estimate.h"
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,9 +181,32 @@ int train_check_memory(const TrainLoopConfig *c, Detr *m, size_t limit) {
     return EXIT_OOM;
 }
 
-static Loader *make_loader(const TrainLoopConfig *c, const Dataset *ds, char *err, size_t errlen) {
+/* The loader's work hook: one range per work item on the loader's worker threads, which are
+ * named "loader worker" in ThreadNames. The loader starts before the profile opens and stops
+ * before it closes, so the hook finds the Prof through an atomic pointer (NULL: not profiling). */
+typedef struct {
+    _Atomic(Prof *) prof;
+} LoaderRanges;
+
+static void loader_work_range(void *ctx, int kind, double seconds) {
+    Prof *p = atomic_load_explicit(&((LoaderRanges *)ctx)->prof, memory_order_acquire);
+    if (!p) return;
+    static _Thread_local int64_t named_run = -1;
+    if (named_run != prof_run_id(p)) {
+        prof_thread_name(p, "loader worker");
+        named_run = prof_run_id(p);
+    }
+    int64_t end = prof_now_ns();
+    prof_range_record(p, kind == LOADER_WORK_COLLATE ? PROF_PHASE_COLLATE : PROF_PHASE_LOAD_SAMPLE,
+                      end - (int64_t)(seconds * 1e9), end);
+}
+
+static Loader *make_loader(const TrainLoopConfig *c, const Dataset *ds, LoaderRanges *ranges,
+                           char *err, size_t errlen) {
     LoaderConfig lc;
     loader_config_default(&lc);
+    lc.on_work = loader_work_range;
+    lc.work_ctx = ranges;
     lc.batch = c->batch;
     lc.workers = c->workers;
     lc.prefetch = loader_slots(c);
@@ -285,7 +309,9 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
         fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", c->out);
         return 2;
     }
-    Loader *ld = make_loader(c, ds, err, sizeof(err));
+    static LoaderRanges ranges; /* outlives the loader's threads */
+    atomic_store(&ranges.prof, NULL);
+    Loader *ld = make_loader(c, ds, &ranges, err, sizeof(err));
     if (!ld) {
         fprintf(stderr, "error: %s\n", err);
         return 2;
@@ -344,6 +370,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
                    (long long)prof_run_id(prof), strcmp(c->profile, "trace") == 0 ? "trace" : "basic",
                    info.peak_flops * 1e-9);
             detr_set_profiler(m, prof);
+            atomic_store_explicit(&ranges.prof, prof, memory_order_release);
         }
     }
     if (rc) {
@@ -497,6 +524,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    loader_destroy(ld); /* its workers' ranges go to prof: stop them first */
     if (prof) {
         ProfCounters pc = prof_counters(prof);
         detr_set_profiler(m, NULL);
@@ -510,6 +538,5 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
     free(mb);
     free(rj);
     trainer_free(&tr);
-    loader_destroy(ld);
     return rc;
 }

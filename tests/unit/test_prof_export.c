@@ -200,7 +200,16 @@ static void test_full_export(sqlite3 *db) {
           json_integer_value(json_object_get(other, "time_offset_ns")) == offset, "%" PRId64 " vs %" PRId64,
           (int64_t)json_integer_value(json_object_get(other, "time_offset_ns")), offset);
     check_phase_events(db, events, offset, pid, "", "export");
-    int64_t main_tid = sql_int(db, "SELECT global_tid & 16777215 FROM DETR_PHASES WHERE run_id = 1 LIMIT 1");
+    int64_t main_tid = sql_int(db, "SELECT ph.global_tid & 16777215 FROM DETR_PHASES ph JOIN StringIds s ON "
+                                   "s.id = ph.name_id WHERE ph.run_id = 1 AND s.value = 'step' LIMIT 1");
+    int64_t worker_tid = sql_int(db, "SELECT ph.global_tid & 16777215 FROM DETR_PHASES ph JOIN StringIds s ON "
+                                     "s.id = ph.name_id WHERE ph.run_id = 1 AND s.value = 'load_sample' LIMIT 1");
+    CHECK("export: loader work is on its own named worker tracks",
+          worker_tid > 0 && worker_tid != main_tid &&
+              (has_thread_name(events, pid, worker_tid, "loader worker 0") ||
+               has_thread_name(events, pid, worker_tid, "loader worker 1") ||
+               has_thread_name(events, pid, worker_tid, "loader worker 2")),
+          "worker tid %" PRId64, worker_tid);
     CHECK("export: the trainer thread and the process are named", has_thread_name(events, pid, main_tid, "trainer") &&
           count_events(events, "M", "process_name", NULL) == 1, "tid %" PRId64, main_tid);
     /* memory counters: one per step end, current_bytes per category */

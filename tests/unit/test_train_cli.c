@@ -109,6 +109,13 @@ static void test_profiled_run(void) {
     CHECK("profile: an evaluation's ranges belong to the step it follows",
           q_int(db, "SELECT count(*) FROM DETR_PHASES ph JOIN StringIds s ON ph.name_id = s.id "
                     "WHERE s.value = 'eval' AND ph.step IN (8, 16)") == EPOCHS, "eval ranges at other steps");
+    CHECK("profile: loader work as ranges on named loader worker threads",
+          q_int(db, "SELECT count(*) FROM DETR_PHASES ph JOIN StringIds s ON ph.name_id = s.id JOIN ThreadNames t "
+                    "ON t.globalTid = ph.global_tid JOIN StringIds n ON n.id = t.nameId WHERE s.value = 'load_sample' "
+                    "AND n.value = 'loader worker'") >= 4 * TOTAL &&
+              q_int(db, "SELECT count(*) FROM DETR_PHASES ph JOIN StringIds s ON ph.name_id = s.id WHERE "
+                        "s.value = 'collate'") >= 4 * TOTAL,
+          "see DETR_PHASES / ThreadNames");
     CHECK("profile: all loss terms of the 2 decoder layers per step",
           q_int(db, "SELECT count(*) FROM DETR_LOSSES WHERE name IN ('loss_ce','loss_bbox','loss_giou',"
                     "'loss_ce_0','loss_bbox_0','loss_giou_0')") == 6 * TOTAL,
