@@ -1,6 +1,7 @@
 /* train_loop.c - see train_loop.h */
 #include "train_loop.h"
 #include "mem_estimate.h"
+#include <omp.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,7 +358,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
         snprintf(config, cj_len, "{\"run\":%s,\"model\":%s}", rj, c->model_json ? c->model_json : "null");
         ProfRunInfo info = {.command_line = c->command_line, .git_revision = DETR_GIT_REV,
                             .device = "cpu", .library_versions = versions, .config_json = config,
-                            .peak_flops = sgemm_peak_flops(1024)};
+                            .peak_flops = sgemm_peak_flops_best(1024, omp_get_max_threads())};
         prof = prof_open(db, &info, strcmp(c->profile, "trace") == 0 ? PROF_TRACE : PROF_BASIC, err,
                          sizeof(err));
         free(versions);
