@@ -9,3 +9,4 @@ fi
 /usr/bin/python3 bench/run_bench.py --build "$BUILD" "$@"
 /usr/bin/python3 bench/run_loader_bench.py --build "$BUILD"
 /usr/bin/python3 bench/profile_overhead.py --build "$BUILD"
+/usr/bin/python3 bench/fidelity.py --build "$BUILD" --out "$BUILD/fidelity"
