@@ -32,7 +32,8 @@ BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -l:libopenblas.so.0 -ljansson -luv -lsqlite3 -lturbojpeg -lspng -lhttp_parser -lm -lpthread
 LDFLAGS  := -fopenmp $(SAN)
 
-LIB_SRC  := $(filter-out %_main.c,$(wildcard trainer/*.c dataloader/*.c profiler/*.c))
+# trainer/cuda/*.c is plain C (e.g. the caching allocator's core, tested on the CPU): built in both configurations
+LIB_SRC  := $(filter-out %_main.c,$(wildcard trainer/*.c trainer/cuda/*.c dataloader/*.c profiler/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
 ifeq ($(CUDA),1)

@@ -1,4 +1,4 @@
-/* detr-train: trains DETR on the CPU.
+/* detr-train: trains DETR on the CPU, or on a GPU with --device cuda (CUDA builds).
  *
  * Two modes:
  *  - golden (numerics check against PyTorch): --weights W --inputs X --targets T.json
@@ -21,10 +21,15 @@
 #include "targets.h"
 #include "train.h"
 #include "weights.h"
+#ifdef DETR_CUDA
+#include "cuda/backend_cuda.h"
+#include "cuda/backend_cuda_table.h"
+#endif
 
 static const char *USAGE =
     "usage: detr-train [options]\n"
-    "Trains DETR (ResNet backbone + transformer, Hungarian matching, set loss, AdamW) on the CPU.\n"
+    "Trains DETR (ResNet backbone + transformer, Hungarian matching, set loss, AdamW) on the CPU,\n"
+    "or on GPU 0 with --device cuda (CUDA_VISIBLE_DEVICES picks which GPU that is).\n"
     "Trains on a COCO-format dataset (--data DIR with annotations/instances_train*.json and\n"
     "train*/, or --ann FILE --images DIR; default: the embedded synthetic dataset) and writes\n"
     "OUT/model.safetensors and OUT/train.jsonl. With --inputs/--targets/--dump-grads it runs the\n"
@@ -101,7 +106,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"val-size", OPT_INT, &t->val_size, "N", "val transform's short side (default 800; embedded dataset: 64)", NULL},
         {"eval-only", OPT_FLAG, &a->eval_only, NULL, "evaluate --weights on the val split and exit", NULL},
         {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
-        {"device", OPT_STR, &a->device, "cpu|cuda", "where to train (default cpu)", NULL},
+        {"device", OPT_STR, &a->device, "cpu|cuda", "where to train: cpu (default) or cuda (GPU 0; CUDA builds)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
     int n = 0;
@@ -136,12 +141,21 @@ static int parse_args(int argc, char **argv, Args *a) {
         fprintf(stderr, "error: --device '%s': use cpu or cuda\n", a->device);
         return -1;
     }
-    if (a->device && !strcmp(a->device, "cuda")) {
-        fprintf(stderr, "error: --device cuda: the CUDA training backend is not part of this version yet "
-                "(only its build plumbing is); use --device cpu\n");
+    int on_gpu = a->device && !strcmp(a->device, "cuda");
+#ifndef DETR_CUDA
+    if (on_gpu) {
+        fprintf(stderr, "error: --device cuda: this detr-train was built without CUDA (make CUDA=0, or "
+                "nvcc was not found)\nHINT: rebuild with make CUDA=1 (needs the CUDA toolkit), or use "
+                "--device cpu.\n");
         return -1;
     }
-    if (a->amp && strcmp(a->amp, "off")) {
+#endif
+    if (on_gpu && a->amp && strcmp(a->amp, "off")) {
+        fprintf(stderr, "error: --amp %s: mixed precision is not implemented yet; the CUDA backend "
+                "trains in float32 (use --amp off)\n", a->amp);
+        return -1;
+    }
+    if (!on_gpu && a->amp && strcmp(a->amp, "off")) {
         fprintf(stderr, "error: --amp %s needs the CUDA backend; the CPU backend trains in float32 "
                 "(use --amp off)\n", a->amp);
         return -1;
@@ -175,12 +189,31 @@ static int parse_args(int argc, char **argv, Args *a) {
     return 0;
 }
 
+/* The backend of --device: the CPU's, or the GPU's after selecting GPU 0 (NULL with a message
+ * when there is no usable GPU). With the GPU, the loader's batch slots become pinned memory. */
+static const Backend *select_backend(Args *a) {
+    if (!a->device || strcmp(a->device, "cuda") != 0) return backend_cpu();
+#ifdef DETR_CUDA
+    char err[1024];
+    if (cuda_device_init(0, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s", err);
+        return NULL;
+    }
+    a->tl.alloc_host = cuda_host_alloc_pinned;
+    a->tl.free_host = cuda_host_free_pinned;
+    a->tl.device = "cuda:0";
+    return backend_cuda();
+#else
+    return NULL; /* refused by parse_args */
+#endif
+}
+
 /* num_classes: from the weights, else --num-classes, else the dataset (0 = none). */
-static Detr *build_model(const Args *a, int dataset_classes) {
+static Detr *build_model(const Args *a, const Backend *be, int dataset_classes) {
     DetrConfig cfg;
     if (cli_model_resolve(&a->mo, a->weights, &cfg) != 0) return NULL;
     if (!a->weights && !a->mo.set_classes && dataset_classes > 0) cfg.num_classes = dataset_classes;
-    Detr *m = detr_create(&cfg, backend_cpu(), a->tl.oc.lr_backbone > 0);
+    Detr *m = detr_create(&cfg, be, a->tl.oc.lr_backbone > 0);
     detr_init(m, a->tl.seed);
     if (a->weights) {
         char err[16384];
@@ -283,11 +316,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (runtime_init(a.threads) != 0) return 2;
+    const Backend *be = select_backend(&a); /* first: no GPU fails before any work */
+    if (!be) return 2;
     /* training sets the budget after its start-up estimate (train_check_memory) */
     if (a.mem_limit && (a.inputs || a.eval_only)) mem_set_limit(a.mem_limit);
     if (a.inputs && !a.mo.set_dropout) a.mo.dropout = 0, a.mo.set_dropout = 1; /* golden: no dropout */
     if (a.inputs) {
-        Detr *m = build_model(&a, 0);
+        Detr *m = build_model(&a, be, 0);
         if (!m) return 2;
         rc = run_golden(&a, m);
         detr_destroy(m);
@@ -312,7 +347,7 @@ int main(int argc, char **argv) {
     }
     have_val = vr == 0;
     if (vr == 1) printf("eval: no val split found: training without evaluation\n");
-    Detr *m = build_model(&a, have_train ? ds.num_classes : val.num_classes);
+    Detr *m = build_model(&a, be, have_train ? ds.num_classes : val.num_classes);
     char cmdline[4096] = "", model_json[512] = "null";
     for (int i = 0, used = 0; i < argc && used < (int)sizeof(cmdline) - 1; i++)
         used += snprintf(cmdline + used, sizeof(cmdline) - used, "%s%s", i ? " " : "", argv[i]);

@@ -11,6 +11,9 @@
 #include "../dataloader/loader.h"
 #include "../dataloader/synth.h"
 #include "checkpoint.h"
+#ifdef DETR_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 #include "../profiler/prof.h"
 #include "sgemm_peak.h"
 #include "version.h"
@@ -214,6 +217,8 @@ static Loader *make_loader(const TrainLoopConfig *c, const Dataset *ds, LoaderRa
     lc.seed = c->seed;
     lc.group_by_aspect = c->group_by_aspect;
     lc.strict = c->strict;
+    lc.alloc_host = c->alloc_host;
+    lc.free_host = c->free_host;
     if (c->max_pixels > 0) lc.max_pixels = c->max_pixels;
     if (transform_config_from_options(&lc.tf, 1, c->scales, c->max_size, 0, c->resize_choices,
                                       c->crop, err, errlen) != 0)
@@ -284,6 +289,15 @@ static void record_step(Prof *prof, const Trainer *tr, const StepResult *res, in
         prof_step_add_memory(&r, mem_category_name((MemCategory)cat), (int64_t)ms.current[cat],
                              (int64_t)ms.peak[cat]);
     prof_step_add_memory(&r, "total", (int64_t)ms.total_current, (int64_t)ms.total_peak);
+#ifdef DETR_CUDA
+    if (cuda_current_device() >= 0) { /* the caching allocator's view of the GPU */
+        DevCacheStats gs = cuda_memory_stats();
+        prof_step_add_memory(&r, "gpu_allocated", (int64_t)gs.total.allocated.current,
+                             (int64_t)gs.total.allocated.peak);
+        prof_step_add_memory(&r, "gpu_reserved", (int64_t)gs.total.reserved.current,
+                             (int64_t)gs.total.reserved.peak);
+    }
+#endif
     prof_step_end(prof, &r);
     for (int k = 0; k < n; k++) {
         const LoaderStats *st = &held[k]->stats;
@@ -357,7 +371,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
         char *config = malloc(cj_len);
         snprintf(config, cj_len, "{\"run\":%s,\"model\":%s}", rj, c->model_json ? c->model_json : "null");
         ProfRunInfo info = {.command_line = c->command_line, .git_revision = DETR_GIT_REV,
-                            .device = "cpu", .library_versions = versions, .config_json = config,
+                            .device = c->device ? c->device : "cpu", .library_versions = versions, .config_json = config,
                             .peak_flops = sgemm_peak_flops_best(1024, omp_get_max_threads())};
         prof = prof_open(db, &info, strcmp(c->profile, "trace") == 0 ? PROF_TRACE : PROF_BASIC, err,
                          sizeof(err));

@@ -34,6 +34,11 @@ typedef struct {
     const char *db;
     const char *command_line;
     const char *model_json; /* the model's shape as JSON, for the run record */
+    /* memory of the loader's batch slots (LoaderConfig.alloc_host/free_host, e.g. pinned memory
+     * for the GPU: cuda_host_alloc_pinned); NULL = ordinary host memory */
+    void *(*alloc_host)(size_t bytes);
+    void (*free_host)(void *p);
+    const char *device; /* recorded in the profile: "cpu" (NULL) or "cuda:0" */
 } TrainLoopConfig;
 
 /* Opens a split ("train" or "val"). Returns 0, 1 if the split does not exist (val only), or

@@ -1,12 +1,10 @@
 /* backend_cuda.cu - device selection and the memory part of the CUDA backend (see
- * backend_cuda.h). The compute ops and the `Backend` table itself are the CUDA backend issue's
- * work; nothing here pretends to implement them. */
+ * backend_cuda.h): the caching allocator over cudaMalloc, pinned host memory, transfers. The
+ * compute ops are in cuda_ops.h's files and the Backend table in backend_cuda_table.cu. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <mutex>
-#include <new>
-#include <unordered_map>
 #include <cuda_runtime.h>
 #include "backend_cuda.h"
 #include "cuda_check.h"
@@ -124,81 +122,80 @@ int cuda_device_init(int device, char *err, size_t errlen) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* memory: every device block is charged to a mem.h category; the table remembers its size    */
+/* memory: the caching allocator (cuda_alloc_core.h) over cudaMalloc/cudaFree; every block is  */
+/* charged to a mem.h category                                                                 */
 
-typedef struct {
-    size_t bytes;
-    MemCategory cat;
-} DeviceBlock;
+/* The core is plain C (trainer/cuda/cuda_alloc_core.c, in the library of both builds), so its
+ * CPU test drives the same code with a fake device. */
+#include "cuda_alloc_core.h"
 
-static std::mutex g_blocks_lock;
-static std::unordered_map<void *, DeviceBlock> g_blocks;
-
-static void remember_block(void *p, size_t bytes, MemCategory cat) {
-    try {
-        std::lock_guard<std::mutex> guard(g_blocks_lock);
-        g_blocks.emplace(p, DeviceBlock{bytes, cat});
-    } catch (const std::bad_alloc &) {
-        fprintf(stderr, "error: host out of memory while recording a GPU allocation\n");
-        mem_print_report(stderr);
-        exit(EXIT_OOM);
-    }
-}
-
-/* Removes p from the table and returns its block; a pointer not in it is a caller bug. */
-static DeviceBlock forget_block(void *p) {
-    std::lock_guard<std::mutex> guard(g_blocks_lock);
-    auto it = g_blocks.find(p);
-    if (it == g_blocks.end()) {
-        fprintf(stderr,
-                "error: cuda_free: %p was not allocated by cuda_alloc, or was freed twice (a bug "
-                "in the calling code)\n",
-                p);
-        exit(EXIT_FAILURE);
-    }
-    DeviceBlock b = it->second;
-    g_blocks.erase(it);
-    return b;
-}
-
-size_t cuda_live_blocks(void) {
-    std::lock_guard<std::mutex> guard(g_blocks_lock);
-    return g_blocks.size();
-}
-
-__attribute__((noreturn)) static void report_device_oom(MemCategory cat, size_t bytes) {
-    size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
-    fprintf(stderr,
-            "error: out of GPU memory: requested %zu bytes for %s on GPU %d, which has %zu of "
-            "%zu bytes free (the CUDA context and other processes use some); this process has "
-            "%zu bytes charged:\n",
-            bytes, mem_category_name(cat), g_device < 0 ? 0 : g_device, free_b, total_b,
-            mem_stats().total_current);
-    mem_print_report(stderr);
-    fprintf(stderr, "HINT: lower --batch or the image size (detr-prof sweep finds what fits), or "
-                    "free the GPU from other processes (nvidia-smi).\n");
-    fflush(stderr);
-    exit(EXIT_OOM);
-}
-
-/* Charge, then cudaMalloc. Device OOM: exits (exit_on_device_oom) or returns NULL uncharged. */
-static void *device_alloc(MemCategory cat, size_t bytes, int exit_on_device_oom) {
-    if (bytes == 0) return NULL;
-    if (mem_charge(cat, bytes) != 0) return NULL; /* budget refused, exit_on_oom off */
+/* Raw allocator: NULL when the GPU has no room; any other CUDA failure is fatal (cuda_check.h). */
+static void *raw_device_alloc(void *, size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
-        mem_release(cat, bytes);
-        if (e != cudaErrorMemoryAllocation) gpu_check_failed(GPU_LIB_CUDA, (int)e,
-                                                             "cudaMalloc(&p, bytes)", __FILE__,
-                                                             __LINE__);
-        (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
-        if (exit_on_device_oom) report_device_oom(cat, bytes);
-        return NULL;
+    if (e == cudaSuccess) return p;
+    if (e != cudaErrorMemoryAllocation)
+        gpu_check_failed(GPU_LIB_CUDA, (int)e, "cudaMalloc(&p, bytes)", __FILE__, __LINE__);
+    (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
+    return NULL;
+}
+
+static void raw_device_free(void *, void *p) { cudaCheck(cudaFree(p)); }
+
+static std::once_flag g_cache_once;
+static DevCache *g_cache = NULL;
+
+static DevCache *device_cache(void) {
+    std::call_once(g_cache_once, [] {
+        DevCacheRaw raw = {raw_device_alloc, raw_device_free, NULL};
+        g_cache = devcache_create(&raw);
+        if (!g_cache) {
+            fprintf(stderr, "error: host out of memory while creating the GPU allocator\n");
+            exit(EXIT_OOM);
+        }
+    });
+    return g_cache;
+}
+
+/* The PyTorch-style explanation, with the card's own view (cudaMemGetInfo). */
+static void explain_oom(const DevCacheOom *oom) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        free_b = total_b = 0; /* printed without the card's numbers */
     }
-    remember_block(p, bytes, cat);
-    return p;
+    int dev = g_device >= 0 ? g_device : 0;
+    cudaDeviceProp prop;
+    const char *name = NULL;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) name = prop.name;
+    else (void)cudaGetLastError();
+    devcache_print_oom(device_cache(), stderr, oom, dev, name, total_b, free_b);
+    fflush(stderr);
+}
+
+/* Device OOM: exits (exit_on_device_oom) or returns NULL. A refused --mem-limit budget follows
+ * mem.h's policy: report + exit(EXIT_OOM), or NULL when exit_on_oom is off. */
+static void *device_alloc(MemCategory cat, size_t bytes, int exit_on_device_oom) {
+    if (bytes == 0) return NULL;
+    DevCache *cache = device_cache();
+    for (int attempt = 0; attempt < 2; attempt++) {
+        void *p = NULL;
+        DevCacheOom oom;
+        DevCacheStatus st = devcache_alloc(cache, cat, bytes, &p, &oom);
+        if (st == DEVCACHE_OK) return p;
+        if (st == DEVCACHE_OOM_BUDGET) {
+            explain_oom(&oom);
+            /* mem.h's own refusal message and exit policy; if memory was freed meanwhile the
+             * charge succeeds: undo it and try once more */
+            if (mem_charge(cat, oom.rounded) != 0) return NULL;
+            mem_release(cat, oom.rounded);
+            continue;
+        }
+        if (!exit_on_device_oom) return NULL;
+        explain_oom(&oom);
+        exit(EXIT_OOM);
+    }
+    return NULL;
 }
 
 void *cuda_alloc_bytes(MemCategory cat, size_t bytes) { return device_alloc(cat, bytes, 1); }
@@ -210,12 +207,41 @@ float *cuda_alloc(MemCategory cat, size_t nfloats) {
 
 void cuda_free_bytes(void *p) {
     if (!p) return;
-    DeviceBlock b = forget_block(p);
-    cudaCheck(cudaFree(p));
-    mem_release(b.cat, b.bytes);
+    if (devcache_free(device_cache(), p) != 0) {
+        fprintf(stderr,
+                "error: cuda_free: %p was not allocated by cuda_alloc, or was freed twice (a bug "
+                "in the calling code)\n",
+                p);
+        exit(EXIT_FAILURE);
+    }
 }
 
 void cuda_free(float *p) { cuda_free_bytes(p); }
+
+size_t cuda_live_blocks(void) { return devcache_live_blocks(device_cache()); }
+DevCacheStats cuda_memory_stats(void) { return devcache_stats(device_cache()); }
+void cuda_reset_peak_memory_stats(void) { devcache_reset_peaks(device_cache()); }
+size_t cuda_empty_cache(void) { return devcache_empty_cache(device_cache()); }
+void cuda_print_memory_stats(FILE *f) { devcache_print_stats(device_cache(), f); }
+
+/* ---- pinned host memory (the loader's batch slots) ---- */
+
+void *cuda_host_alloc_pinned(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e == cudaSuccess) return p;
+    if (e != cudaErrorMemoryAllocation)
+        gpu_check_failed(GPU_LIB_CUDA, (int)e, "cudaHostAlloc(&p, bytes, cudaHostAllocDefault)",
+                         __FILE__, __LINE__);
+    (void)cudaGetLastError();
+    fprintf(stderr, "error: cudaHostAlloc: no pinned host memory for %zu bytes (batch slots)\n",
+            bytes);
+    return NULL;
+}
+
+void cuda_host_free_pinned(void *p) {
+    if (p) cudaCheck(cudaFreeHost(p));
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* transfers and fills, in issue order on g_stream                                            */
