@@ -132,6 +132,7 @@ asan: setup
 # ThreadSanitizer on the data loader's and the profiler's tests, CPU only.
 tsan: setup
 	@$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 SAN="-fsanitize=thread" \
+	    build-tsan/detr-train build-tsan/detr-data build-tsan/detr-prof \
 	    $(patsubst tests/unit/%.c,build-tsan/tests/%,$(wildcard tests/unit/test_loader*.c tests/unit/test_prof*.c))
 	@for t in build-tsan/tests/test_loader* build-tsan/tests/test_prof*; do [ -x "$$t" ] || continue; echo "== $$t (TSan)"; \
 	    TSAN_OPTIONS=halt_on_error=1 DETR_BUILD=build-tsan $$t || exit 1; done

@@ -390,6 +390,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
     }
     if (rc) {
         if (log) fclose(log);
+        coco_eval_free(gt);
         trainer_free(&tr);
         loader_destroy(ld);
         free(rj);
