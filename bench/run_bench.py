@@ -118,7 +118,7 @@ def write_report(args, results, verification):
         "for both implementations. C: `build/bench/bench_train`; PyTorch: `bench/bench_torch.py`",
         "(the reference model of `tests/ref/detr_ref.py` with Debian's PyTorch "
         f"{next(iter(results.values()))['torch']}, same model, Hungarian matching, loss, AdamW with",
-        "two groups and clipping 0.1, dropout 0.1, fixed-size synthetic batches of 1-3 boxes).",
+        "two groups and clipping 0.1, dropout as the preset (tiny 0, r50 0.1), fixed-size synthetic batches of 1-3 boxes).",
         "Runs alternate C / PyTorch; the ratio is the median of the per-round ratios (these",
         "machines are noisy, so single runs can be off by a lot).",
         "",
