@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "nvtx_ranges.h"
+#include "prof_gpu_records.h"
 #include "prof_internal.h"
 
 static const struct {
@@ -49,6 +50,7 @@ void prof_options_default(ProfOptions *o, ProfLevel level) {
     o->queue_capacity = 4096;
     o->flush_interval_ms = 100;
     o->busy_timeout_ms = 5000;
+    o->gpu_queue_bytes = (int64_t)256 << 20;
 }
 
 /* ---------------------------------------------------------------- the queue */
@@ -87,13 +89,49 @@ static int enqueue(Prof *p, RecordKind kind, const void *payload, size_t size) {
     return 0;
 }
 
+int prof_enqueue_gpu_batch(Prof *p, ProfGpuBatch *b, int64_t n_records, int64_t bytes) {
+    if (!p) return -1;
+    pthread_mutex_lock(&p->mu);
+    if (p->stop || p->head - p->tail >= p->cap ||
+        p->gpu_pending_bytes + bytes > p->opt.gpu_queue_bytes) {
+        p->c.dropped++;
+        p->c.dropped_gpu += n_records;
+        pthread_mutex_unlock(&p->mu);
+        return -1;
+    }
+    Record *slot = &p->slots[p->head % p->cap];
+    slot->kind = REC_GPU_BATCH;
+    slot->u.gpu_batch = b;
+    p->head++;
+    p->c.enqueued++;
+    p->gpu_pending_bytes += bytes;
+    if (p->head - p->tail == p->wake_at) pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+void prof_gpu_lost(Prof *p, int64_t n) {
+    if (!p || n <= 0) return;
+    pthread_mutex_lock(&p->mu);
+    p->c.cupti_dropped += n;
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* ---------------------------------------------------------------- ranges */
+
+/* Phase hooks (prof_set_phase_hooks): the caller's struct, which must outlive its use. */
+static _Atomic(const ProfPhaseHooks *) g_phase_hooks;
+
+void prof_set_phase_hooks(const ProfPhaseHooks *hooks) {
+    atomic_store_explicit(&g_phase_hooks, hooks, memory_order_release);
+}
 
 /* The range stack of this thread (NVTX push/pop nesting is per thread too). */
 typedef struct {
     Prof *p;
     int phase;                 /* -1: free text */
     int recorded;              /* 0: NVTX only (free text below PROF_TRACE) */
+    const ProfPhaseHooks *hooks; /* pushed to these phase hooks (pop them with it), or NULL */
     int64_t start_ns;
     char text[PROF_NAME_LEN];
 } StackEntry;
@@ -113,8 +151,14 @@ static StackEntry *stack_push(Prof *p, int phase, int recorded) {
     e->p = p;
     e->phase = phase;
     e->recorded = recorded;
+    e->hooks = NULL;
     e->text[0] = 0;
     return e;
+}
+
+/* An entry leaves the stack: balance its phase hook push. */
+static void hooks_pop(const StackEntry *e) {
+    if (e->hooks && e->hooks->pop) e->hooks->pop();
 }
 
 static int64_t current_step(Prof *p) {
@@ -139,7 +183,13 @@ void prof_range_push(Prof *p, ProfPhase phase) {
     nvtx_ranges_push_registered((int)phase, phases[phase].name, phases[phase].argb);
     if (!p) return;
     StackEntry *e = stack_push(p, (int)phase, 1);
-    if (e) e->start_ns = prof_now_ns();
+    if (!e) return;
+    const ProfPhaseHooks *h = atomic_load_explicit(&g_phase_hooks, memory_order_acquire);
+    if (h && h->push) {
+        h->push(current_step(p), (int)phase);
+        e->hooks = h;
+    }
+    e->start_ns = prof_now_ns();
 }
 
 void prof_range_push_text(Prof *p, const char *name) {
@@ -164,6 +214,7 @@ static int pop_entry(Prof *p, int64_t end_ns, StackEntry *popped) {
         return -1;
     }
     *popped = tl_stack[--tl_depth];
+    hooks_pop(popped);
     if (popped->p != p) {
         atomic_fetch_add(&p->range_errors, 1);
         return -1;
@@ -542,6 +593,7 @@ Prof *prof_open_opts(const char *db_path, const ProfRunInfo *info, const ProfOpt
     if (p->opt.queue_capacity < 1) p->opt.queue_capacity = 4096;
     if (p->opt.flush_interval_ms < 1) p->opt.flush_interval_ms = 100;
     if (p->opt.busy_timeout_ms < 0) p->opt.busy_timeout_ms = 0;
+    if (p->opt.gpu_queue_bytes <= 0) p->opt.gpu_queue_bytes = (int64_t)256 << 20;
     p->pid = prof_process_id();
     p->global_pid = p->pid << 24;
     p->peak_flops = info->peak_flops > 0 ? info->peak_flops : 0;
@@ -572,8 +624,10 @@ Prof *prof_open(const char *db_path, const ProfRunInfo *info, ProfLevel level, c
  * for another profiler's later. */
 static void purge_stack(const Prof *p) {
     int kept = 0;
-    for (int i = 0; i < tl_depth; i++)
+    for (int i = 0; i < tl_depth; i++) {
         if (tl_stack[i].p != p) tl_stack[kept++] = tl_stack[i];
+        else hooks_pop(&tl_stack[i]);
+    }
     tl_depth = kept;
 }
 

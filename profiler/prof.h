@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 /* Version of the database layout written by this build (PRAGMA user_version). */
-#define PROF_SCHEMA_VERSION 1
+#define PROF_SCHEMA_VERSION 2
 
 #define PROF_NAME_LEN 32    /* loss, memory category and free-text range names, NUL included */
 #define PROF_MAX_LOSSES 48  /* loss terms per step record (6 decoder layers x 5 terms + totals) */
@@ -52,8 +52,8 @@ extern "C" {
 
 typedef enum {
     PROF_BASIC = 1, /* per-step aggregates, loader/memory/eval records, phase ranges */
-    PROF_TRACE = 2  /* basic + every free-text range (prof_range_push_text) kept;
-                       CUPTI activity records will join this level */
+    PROF_TRACE = 2  /* basic + every free-text range (prof_range_push_text) kept, and on a GPU
+                       the CUPTI activity rows of the traced steps (docs/gpu-profiling.md) */
 } ProfLevel;
 
 /* Phases of a training step (and a few outside it). The name (prof_phase_name) is the NVTX range
@@ -180,6 +180,8 @@ typedef struct {
                                record's ~3 KB copy is allocated while it waits) */
     int flush_interval_ms;  /* longest a record waits before its transaction, default 100 */
     int busy_timeout_ms;    /* how long a write waits for another connection's lock, default 5000 */
+    int64_t gpu_queue_bytes; /* most heap queued GPU activity batches may hold, default 256 MiB;
+                               a batch beyond it is dropped and counted */
 } ProfOptions;
 
 /* Counters, readable at any time. */
@@ -192,6 +194,10 @@ typedef struct {
     int64_t write_failed;   /* records lost in a failed transaction (disk full, lock timeout) */
     int64_t range_errors;   /* pops without a push, stack overflow, mismatched prof */
     int64_t writer_cpu_ns;  /* CPU time the writer thread spent writing (its share of overhead) */
+    int64_t dropped_gpu;    /* GPU activity records lost: their batch was refused (queue full or
+                               over gpu_queue_bytes; each such batch also counts 1 in dropped) */
+    int64_t cupti_dropped;  /* GPU activity records lost before the profiler saw them (CUPTI's
+                               own count, buffers discarded over the buffer cap; prof_gpu_lost) */
 } ProfCounters;
 
 typedef struct Prof Prof;
@@ -229,6 +235,17 @@ void prof_range_push(Prof *prof, ProfPhase phase);
  * The name is copied (truncated to PROF_NAME_LEN - 1 bytes). */
 void prof_range_push_text(Prof *prof, const char *name);
 void prof_range_pop(Prof *prof);
+
+/* Phase hooks: called on the pushing thread for every recorded phase range (ProfPhase, not free
+ * text) of a non-NULL Prof: push when it opens (with the current step), pop when it closes.
+ * prof_cupti.c uses them to push the phase as a CUPTI external correlation id, so that every
+ * kernel is attributed to the phase that launched it. NULL removes them. Set them before the
+ * ranges they should see, and clear them only between ranges. */
+typedef struct {
+    void (*push)(int64_t step, int phase);
+    void (*pop)(void);
+} ProfPhaseHooks;
+void prof_set_phase_hooks(const ProfPhaseHooks *hooks);
 /* A range measured elsewhere (explicit times, prof_now_ns clock); recorded, not sent to NVTX. */
 void prof_range_record(Prof *prof, ProfPhase phase, int64_t start_ns, int64_t end_ns);
 

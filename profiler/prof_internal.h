@@ -14,7 +14,11 @@
 #define PROF_NVTX_PUSHPOP_RANGE 59
 #define PROF_NVTX_DOMAIN_CREATE 75
 
-typedef enum { REC_STEP, REC_RANGE, REC_LOADER, REC_EVAL, REC_GPU, REC_THREAD } RecordKind;
+typedef enum { REC_STEP, REC_RANGE, REC_LOADER, REC_EVAL, REC_GPU, REC_THREAD, REC_GPU_BATCH } RecordKind;
+
+/* GPU activity gathered by a ProfGpuCollector (prof_gpu_records.c); writer-side state. */
+typedef struct ProfGpuBatch ProfGpuBatch;
+typedef struct ProfGpuWriter ProfGpuWriter;
 
 typedef struct {
     int64_t step;              /* -1: outside any step */
@@ -39,6 +43,7 @@ typedef struct {
         ProfLoaderRecord loader;
         EvalCopy *eval;
         ProfGpuInfo *gpu;      /* step, eval, gpu: owned by the record, freed once written */
+        ProfGpuBatch *gpu_batch; /* REC_GPU_BATCH: owned too */
     } u;
 } Record;
 
@@ -82,11 +87,14 @@ struct Prof {
     _Atomic int cur_epoch;
     _Atomic int64_t range_errors;
     int statm_fd;              /* /proc/self/statm, read with pread by producers */
+    int64_t gpu_pending_bytes; /* heap held by queued GPU batches, under mu (bounded by
+                                  opt.gpu_queue_bytes) */
 
     /* writer thread only */
     Statements st;
     TextCacheEntry text_cache[PROF_TEXT_CACHE];
     int gpu_table_ready;
+    ProfGpuWriter *gpu_writer; /* GPU activity statements and name cache (prof_gpu_records.c) */
 };
 
 /* prof_schema.c */
@@ -99,6 +107,9 @@ int prof_schema_insert_run(Prof *p, const ProfRunInfo *info, int64_t start_ns, c
                            size_t errlen);
 /* Creates TARGET_INFO_GPU if it does not exist yet. */
 int prof_schema_create_gpu_table(sqlite3 *db);
+/* Creates the nsys CUDA activity tables (CUPTI_ACTIVITY_KIND_KERNEL, _MEMCPY, _MEMSET, _RUNTIME,
+ * _SYNCHRONIZATION) and their ENUM tables with their rows, if they do not exist yet. */
+int prof_schema_create_cupti_tables(sqlite3 *db);
 /* INSERT statement of a TARGET_INFO_GPU row (27 parameters, see prof_writer.c). */
 extern const char *const prof_gpu_insert_sql;
 
@@ -111,7 +122,21 @@ int prof_writer_finish(Prof *p, int exit_code, int64_t end_ns, char *msg, size_t
 uint32_t prof_phase_color(int phase);  /* ARGB of a phase (-1: free text); prof.c */
 /* StringIds id of s (inserted when missing); -1 on a database error. */
 int64_t prof_intern_string(Prof *p, const char *s);
-void prof_record_release(Record *r);   /* frees a heap payload (step, eval, gpu) */
+/* Frees a heap payload (step, eval, gpu, gpu batch); returns the bytes of a GPU batch freed
+ * (to be taken off gpu_pending_bytes), else 0. */
+int64_t prof_record_release(Record *r);
+
+/* prof.c: queues a GPU batch (ownership passes on success). A full queue or a batch that would
+ * take the queued GPU data over opt.gpu_queue_bytes is refused and its n_records counted in
+ * dropped_gpu_records. Returns 0 or -1. */
+int prof_enqueue_gpu_batch(Prof *p, ProfGpuBatch *b, int64_t n_records, int64_t bytes);
+
+/* prof_gpu_records.c, writer thread */
+int prof_gpu_write_batch(Prof *p, const ProfGpuBatch *b);
+void prof_gpu_writer_reset(Prof *p);   /* after a rollback: tables and strings may be gone */
+void prof_gpu_writer_free(Prof *p);
+void prof_gpu_batch_free(ProfGpuBatch *b);
+int64_t prof_gpu_batch_bytes(const ProfGpuBatch *b);
 
 /* prof_sysinfo.c */
 int64_t prof_thread_id(void);          /* the kernel thread id, cached per thread */

@@ -6,8 +6,14 @@
  *    so that queries written for `nsys export --type sqlite` files (e.g. the nvtx_sum report)
  *    run on ours: StringIds, NVTX_EVENTS, ENUM_NSYS_EVENT_TYPE, META_DATA_EXPORT,
  *    TARGET_INFO_SYSTEM_ENV, TARGET_INFO_SESSION_START_TIME, ANALYSIS_DETAILS, PROCESSES,
- *    ThreadNames, and TARGET_INFO_GPU (created lazily, GPU runs only, as nsys does).
- *  - Our own tables, prefixed DETR_, with a run_id in every row. */
+ *    ThreadNames, and, created lazily (GPU runs only, as nsys creates a table only when it has
+ *    data): TARGET_INFO_GPU, the CUDA activity tables CUPTI_ACTIVITY_KIND_{KERNEL,MEMCPY,MEMSET,
+ *    RUNTIME,SYNCHRONIZATION} and ENUM_CUDA_MEMCPY_OPER, ENUM_CUDA_MEM_KIND, ENUM_CUPTI_SYNC_TYPE.
+ *  - Our own tables, prefixed DETR_, with a run_id in every row.
+ *
+ * Versions: schema_v1 is the first layout; each later version is a migration step that brings
+ * the previous one up to date. A new file gets v1 and then every step, so a new file and a
+ * migrated one are the same. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -121,23 +127,132 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out) {
     return rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int create_schema(sqlite3 *db, const char *path, char *err, size_t errlen) {
-    for (size_t i = 0; i < sizeof(schema_v1) / sizeof(schema_v1[0]); i++) {
+/* Version 2: GPU activity (docs/gpu-profiling.md). The nsys CUPTI tables are created lazily
+ * (prof_schema_create_cupti_tables); ours exist in every file so that queries need no check. */
+static const char *const migrate_v1_to_v2[] = {
+    "ALTER TABLE DETR_RUNS ADD COLUMN dropped_gpu_records INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE DETR_RUNS ADD COLUMN cupti_dropped_records INTEGER NOT NULL DEFAULT 0",
+    /* CUPTI correlation id -> the step and phase pushed as its CUSTOM0 external id */
+    "CREATE TABLE DETR_GPU_CORRELATION (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), "
+    "correlationId INTEGER NOT NULL, externalKind INTEGER NOT NULL, externalId INTEGER NOT NULL, "
+    "step INTEGER NOT NULL, name_id INTEGER NOT NULL REFERENCES StringIds(id))",
+    "CREATE INDEX DETR_idx_gpu_correlation ON DETR_GPU_CORRELATION(correlationId)",
+    /* per step and phase: kernel time, copy and memset bytes/time (--profile=basic keeps only
+     * these); step -1 = outside any step */
+    "CREATE TABLE DETR_GPU_STEPS (run_id INTEGER NOT NULL REFERENCES DETR_RUNS(run_id), "
+    "step INTEGER NOT NULL, phase_id INTEGER NOT NULL REFERENCES StringIds(id), "
+    "activity TEXT NOT NULL, copy_kind INTEGER NOT NULL, count INTEGER NOT NULL, "
+    "total_ns INTEGER NOT NULL, bytes INTEGER NOT NULL, "
+    "PRIMARY KEY (run_id, step, phase_id, activity, copy_kind))",
+    "UPDATE META_DATA_EXPORT SET value = '2' WHERE name = 'DETR_SCHEMA_VERSION'",
+    "PRAGMA user_version = 2",
+};
+
+static const struct {
+    const char *const *sql;
+    size_t n;
+} migrations[] = {
+    /* [i] brings version i + 1 to version i + 2 */
+    {migrate_v1_to_v2, sizeof(migrate_v1_to_v2) / sizeof(migrate_v1_to_v2[0])},
+};
+
+static int exec_all(sqlite3 *db, const char *const *sql, size_t n, const char *what, const char *path,
+                    char *err, size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
         char *msg = NULL;
-        if (sqlite3_exec(db, schema_v1[i], NULL, NULL, &msg) != SQLITE_OK) {
-            snprintf(err, errlen, "profile database %s: cannot create the schema: %s", path,
+        if (sqlite3_exec(db, sql[i], NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "profile database %s: cannot %s: %s", path, what,
                      msg ? msg : sqlite3_errmsg(db));
             sqlite3_free(msg);
             return -1;
         }
     }
-    char sql[64];
-    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", PROF_SCHEMA_VERSION);
-    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "profile database %s: cannot set the schema version: %s", path,
-                 sqlite3_errmsg(db));
-        return -1;
+    return 0;
+}
+
+/* From version `from` (>= 1) to PROF_SCHEMA_VERSION, inside the caller's transaction. */
+static int migrate(sqlite3 *db, int64_t from, const char *path, char *err, size_t errlen) {
+    _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == PROF_SCHEMA_VERSION - 1,
+                   "one migration step per schema version");
+    for (int64_t v = from; v < PROF_SCHEMA_VERSION; v++) {
+        char what[96];
+        snprintf(what, sizeof(what), "bring the schema from version %lld to %lld", (long long)v,
+                 (long long)v + 1);
+        if (exec_all(db, migrations[v - 1].sql, migrations[v - 1].n, what, path, err, errlen) != 0)
+            return -1;
     }
+    return 0;
+}
+
+static int create_schema(sqlite3 *db, const char *path, char *err, size_t errlen) {
+    if (exec_all(db, schema_v1, sizeof(schema_v1) / sizeof(schema_v1[0]), "create the schema", path,
+                 err, errlen) != 0)
+        return -1;
+    return migrate(db, 1, path, err, errlen);
+}
+
+/* The nsys CUDA activity tables (profiling.md §1.2; 2024.6 column names) and the ENUM tables their
+ * reports join (§1.4). NOT NULL where the dump has it and a few more that we always fill. */
+static const char *const cupti_tables_sql[] = {
+    "CREATE TABLE IF NOT EXISTS CUPTI_ACTIVITY_KIND_KERNEL (start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, "
+    "deviceId INTEGER NOT NULL, contextId INTEGER NOT NULL, greenContextId INTEGER, streamId INTEGER NOT NULL, "
+    "correlationId INTEGER, globalPid INTEGER, demangledName INTEGER NOT NULL REFERENCES StringIds(id), "
+    "shortName INTEGER NOT NULL REFERENCES StringIds(id), mangledName INTEGER REFERENCES StringIds(id), "
+    "launchType INTEGER, cacheConfig INTEGER, registersPerThread INTEGER NOT NULL, gridX INTEGER NOT NULL, "
+    "gridY INTEGER NOT NULL, gridZ INTEGER NOT NULL, blockX INTEGER NOT NULL, blockY INTEGER NOT NULL, "
+    "blockZ INTEGER NOT NULL, staticSharedMemory INTEGER NOT NULL, dynamicSharedMemory INTEGER NOT NULL, "
+    "localMemoryPerThread INTEGER NOT NULL, localMemoryTotal INTEGER NOT NULL, gridId INTEGER NOT NULL, "
+    "sharedMemoryExecuted INTEGER NOT NULL, graphNodeId INTEGER, sharedMemoryLimitConfig INTEGER)",
+    "CREATE TABLE IF NOT EXISTS CUPTI_ACTIVITY_KIND_MEMCPY (start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, "
+    "deviceId INTEGER NOT NULL, contextId INTEGER NOT NULL, greenContextId INTEGER, streamId INTEGER NOT NULL, "
+    "correlationId INTEGER, globalPid INTEGER, bytes INTEGER NOT NULL, copyKind INTEGER NOT NULL, "
+    "deprecatedSrcId INTEGER, srcKind INTEGER, dstKind INTEGER, srcDeviceId INTEGER, srcContextId INTEGER, "
+    "dstDeviceId INTEGER, dstContextId INTEGER, migrationCause INTEGER, graphNodeId INTEGER, "
+    "virtualAddress INTEGER)",
+    "CREATE TABLE IF NOT EXISTS CUPTI_ACTIVITY_KIND_MEMSET (start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, "
+    "deviceId INTEGER NOT NULL, contextId INTEGER NOT NULL, greenContextId INTEGER, streamId INTEGER NOT NULL, "
+    "correlationId INTEGER, globalPid INTEGER, value INTEGER NOT NULL, bytes INTEGER NOT NULL, "
+    "graphNodeId INTEGER, memKind INTEGER)",
+    "CREATE TABLE IF NOT EXISTS CUPTI_ACTIVITY_KIND_RUNTIME (start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, "
+    "eventClass INTEGER NOT NULL, globalTid INTEGER, correlationId INTEGER, "
+    "nameId INTEGER NOT NULL REFERENCES StringIds(id), returnValue INTEGER NOT NULL, callchainId INTEGER)",
+    "CREATE TABLE IF NOT EXISTS CUPTI_ACTIVITY_KIND_SYNCHRONIZATION (start INTEGER NOT NULL, "
+    "\"end\" INTEGER NOT NULL, deviceId INTEGER NOT NULL, contextId INTEGER NOT NULL, greenContextId INTEGER, "
+    "streamId INTEGER NOT NULL, correlationId INTEGER, globalPid INTEGER, syncType INTEGER NOT NULL, "
+    "eventId INTEGER)",
+    "CREATE INDEX IF NOT EXISTS DETR_idx_kernel_correlation ON CUPTI_ACTIVITY_KIND_KERNEL(correlationId)",
+    "CREATE INDEX IF NOT EXISTS DETR_idx_runtime_correlation ON CUPTI_ACTIVITY_KIND_RUNTIME(correlationId)",
+    "CREATE TABLE IF NOT EXISTS ENUM_CUDA_MEMCPY_OPER (id INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, "
+    "label TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO ENUM_CUDA_MEMCPY_OPER VALUES (0, 'CUDA_MEMCPY_KIND_UNKNOWN', 'Unknown'), "
+    "(1, 'CUDA_MEMCPY_KIND_HTOD', 'Host-to-Device'), (2, 'CUDA_MEMCPY_KIND_DTOH', 'Device-to-Host'), "
+    "(3, 'CUDA_MEMCPY_KIND_HTOA', 'Host-to-Array'), (4, 'CUDA_MEMCPY_KIND_ATOH', 'Array-to-Host'), "
+    "(5, 'CUDA_MEMCPY_KIND_ATOA', 'Array-to-Array'), (6, 'CUDA_MEMCPY_KIND_ATOD', 'Array-to-Device'), "
+    "(7, 'CUDA_MEMCPY_KIND_DTOA', 'Device-to-Array'), (8, 'CUDA_MEMCPY_KIND_DTOD', 'Device-to-Device'), "
+    "(9, 'CUDA_MEMCPY_KIND_HTOH', 'Host-to-Host'), (10, 'CUDA_MEMCPY_KIND_PTOP', 'Peer-to-Peer'), "
+    "(11, 'CUDA_MEMCPY_KIND_UVM_HTOD', 'Unified Host-to-Device'), "
+    "(12, 'CUDA_MEMCPY_KIND_UVM_DTOH', 'Unified Device-to-Host'), "
+    "(13, 'CUDA_MEMCPY_KIND_UVM_DTOD', 'Unified Device-to-Device')",
+    "CREATE TABLE IF NOT EXISTS ENUM_CUDA_MEM_KIND (id INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, "
+    "label TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO ENUM_CUDA_MEM_KIND VALUES (0, 'CUDA_MEMOPR_MEMORY_KIND_PAGEABLE', 'Pageable'), "
+    "(1, 'CUDA_MEMOPR_MEMORY_KIND_PINNED', 'Pinned'), (2, 'CUDA_MEMOPR_MEMORY_KIND_DEVICE', 'Device'), "
+    "(3, 'CUDA_MEMOPR_MEMORY_KIND_ARRAY', 'Array'), (4, 'CUDA_MEMOPR_MEMORY_KIND_MANAGED', 'Managed'), "
+    "(5, 'CUDA_MEMOPR_MEMORY_KIND_DEVICE_STATIC', 'Device Static'), "
+    "(6, 'CUDA_MEMOPR_MEMORY_KIND_MANAGED_STATIC', 'Managed Static'), "
+    "(7, 'CUDA_MEMOPR_MEMORY_KIND_UNKNOWN', 'Unknown')",
+    "CREATE TABLE IF NOT EXISTS ENUM_CUPTI_SYNC_TYPE (id INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, "
+    "label TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO ENUM_CUPTI_SYNC_TYPE VALUES (0, 'CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_UNKNOWN', "
+    "'Unknown'), (1, 'CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_EVENT_SYNCHRONIZE', 'Event sync'), "
+    "(2, 'CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_STREAM_WAIT_EVENT', 'Stream wait sync'), "
+    "(3, 'CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_STREAM_SYNCHRONIZE', 'Stream sync'), "
+    "(4, 'CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_CONTEXT_SYNCHRONIZE', 'Context sync')",
+};
+
+int prof_schema_create_cupti_tables(sqlite3 *db) {
+    for (size_t i = 0; i < sizeof(cupti_tables_sql) / sizeof(cupti_tables_sql[0]); i++)
+        if (sqlite3_exec(db, cupti_tables_sql[i], NULL, NULL, NULL) != SQLITE_OK) return -1;
     return 0;
 }
 
@@ -163,8 +278,6 @@ int prof_schema_check_or_create(sqlite3 *db, const char *path, char *err, size_t
                  (long long)version, PROF_SCHEMA_VERSION);
         return -1;
     }
-    /* version <= ours: version 1 is the first, so there is nothing to migrate yet. A later
-     * version adds its migration steps here (docs/profile-schema.md, "Versioning"). */
     if (query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
                       "name = 'DETR_RUNS'", &has_runs) != 0 || !has_runs) {
         snprintf(err, errlen, "profile database %s: schema version %lld but no DETR_RUNS table: "
@@ -172,7 +285,9 @@ int prof_schema_check_or_create(sqlite3 *db, const char *path, char *err, size_t
                  path, (long long)version);
         return -1;
     }
-    return 0;
+    /* an older version: its migration steps run in the transaction that adds the run
+     * (docs/profile-schema.md, "Versioning") */
+    return version < PROF_SCHEMA_VERSION ? migrate(db, version, path, err, errlen) : 0;
 }
 
 /* Binds text or NULL. */

@@ -49,7 +49,8 @@ int prof_writer_prepare(Prof *p, char *err, size_t errlen) {
                         "VALUES (?,?,?,?)"},
         {&st->counters, "UPDATE DETR_RUNS SET records_written = ?, dropped_records = ?, "
                         "dropped_steps = ?, dropped_ranges = ?, write_failed_records = ?, "
-                        "range_errors = ?, writer_cpu_ns = ? WHERE run_id = ?"},
+                        "range_errors = ?, writer_cpu_ns = ?, dropped_gpu_records = ?, "
+                        "cupti_dropped_records = ? WHERE run_id = ?"},
         {&st->str_find, "SELECT id FROM StringIds WHERE value = ? ORDER BY id LIMIT 1"},
         {&st->str_insert, "INSERT INTO StringIds (value) VALUES (?)"},
     };
@@ -63,6 +64,7 @@ int prof_writer_prepare(Prof *p, char *err, size_t errlen) {
 }
 
 void prof_writer_finalize(Prof *p) {
+    prof_gpu_writer_free(p);
     sqlite3_stmt **all = (sqlite3_stmt **)&p->st;
     for (size_t i = 0; i < sizeof(Statements) / sizeof(sqlite3_stmt *); i++) {
         sqlite3_finalize(all[i]);
@@ -321,15 +323,22 @@ static int write_record(Prof *p, const Record *r) {
     case REC_EVAL: return write_eval(p, r->u.eval);
     case REC_GPU: return write_gpu(p, r->u.gpu);
     case REC_THREAD: return write_thread(p, &r->u.range);
+    case REC_GPU_BATCH: return prof_gpu_write_batch(p, r->u.gpu_batch);
     }
     return -1;
 }
 
-void prof_record_release(Record *r) {
+int64_t prof_record_release(Record *r) {
+    int64_t gpu_bytes = 0;
     if (r->kind == REC_STEP) free(r->u.step);
     if (r->kind == REC_EVAL) free(r->u.eval);
     if (r->kind == REC_GPU) free(r->u.gpu);
+    if (r->kind == REC_GPU_BATCH) {
+        gpu_bytes = prof_gpu_batch_bytes(r->u.gpu_batch);
+        prof_gpu_batch_free(r->u.gpu_batch);
+    }
     r->kind = REC_RANGE; /* nothing owned any more */
+    return gpu_bytes;
 }
 
 static int write_counters(Prof *p, const ProfCounters *c, int64_t written) {
@@ -341,7 +350,9 @@ static int write_counters(Prof *p, const ProfCounters *c, int64_t written) {
     sqlite3_bind_int64(s, 5, c->write_failed);
     sqlite3_bind_int64(s, 6, c->range_errors);
     sqlite3_bind_int64(s, 7, c->writer_cpu_ns);
-    sqlite3_bind_int64(s, 8, p->run_id);
+    sqlite3_bind_int64(s, 8, c->dropped_gpu);
+    sqlite3_bind_int64(s, 9, c->cupti_dropped);
+    sqlite3_bind_int64(s, 10, p->run_id);
     return run(s);
 }
 
@@ -364,6 +375,7 @@ static int write_batch(Prof *p, int64_t first, int64_t n, const ProfCounters *sn
         if (!sqlite3_get_autocommit(p->db)) run(p->st.rollback);
         /* interned strings of the rolled-back transaction are gone: forget their ids */
         memset(p->text_cache, 0, sizeof(p->text_cache));
+        prof_gpu_writer_reset(p);
         return -1;
     }
     return 0;
@@ -420,11 +432,13 @@ void *prof_writer_main(void *arg) {
 
         int64_t cpu0 = thread_cpu_ns();
         int rc = write_batch(p, first, n, &snap, msg, sizeof(msg));
-        for (int64_t i = 0; i < n; i++) prof_record_release(&p->slots[(first + i) % p->cap]);
+        int64_t gpu_bytes = 0;
+        for (int64_t i = 0; i < n; i++) gpu_bytes += prof_record_release(&p->slots[(first + i) % p->cap]);
         int64_t cpu = thread_cpu_ns() - cpu0;
 
         pthread_mutex_lock(&p->mu);
         p->tail += n;
+        p->gpu_pending_bytes -= gpu_bytes;
         p->c.writer_cpu_ns += cpu;
         if (rc == 0) {
             p->c.written += n;
@@ -446,7 +460,8 @@ int prof_writer_finish(Prof *p, int exit_code, int64_t end_ns, char *msg, size_t
     const char *sql =
         "UPDATE DETR_RUNS SET end_ns = ?1, status = ?2, exit_code = ?3, records_written = ?4, "
         "dropped_records = ?5, dropped_steps = ?6, dropped_ranges = ?7, write_failed_records = ?8, "
-        "range_errors = ?9, writer_error = ?10, writer_cpu_ns = ?12 WHERE run_id = ?11";
+        "range_errors = ?9, writer_error = ?10, writer_cpu_ns = ?12, dropped_gpu_records = ?13, "
+        "cupti_dropped_records = ?14 WHERE run_id = ?11";
     int rc = sqlite3_prepare_v2(p->db, sql, -1, &s, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(s, 1, end_ns);
@@ -461,6 +476,8 @@ int prof_writer_finish(Prof *p, int exit_code, int64_t end_ns, char *msg, size_t
         if (p->writer_error[0]) sqlite3_bind_text(s, 10, p->writer_error, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 11, p->run_id);
         sqlite3_bind_int64(s, 12, p->c.writer_cpu_ns);
+        sqlite3_bind_int64(s, 13, p->c.dropped_gpu);
+        sqlite3_bind_int64(s, 14, p->c.cupti_dropped);
         rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
     }
     sqlite3_finalize(s);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "../profiler/prof_schedule.h"
 #include "cli.h"
 #include "detr.h"
 #include "golden.h"
@@ -96,6 +97,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"out", OPT_STR, &t->out, "DIR", "output folder (default out)", NULL},
         {"profile", OPT_OPTSTR, &t->profile, "[=basic|trace]", "record steps, phases, memory, loader and eval into SQLite (default basic)", NULL},
         {"db", OPT_STR, &t->db, "FILE", "profile database (default OUT/profile.sqlite; may hold many runs)", NULL},
+        {"trace-steps", OPT_STR, &t->trace_steps, "W:WU:A[:R]", "with --profile=trace on a GPU: steps whose CUDA activity is traced, wait:warmup:active[:repeat] (default " PROF_SCHEDULE_DEFAULT ")", NULL},
         {"accum", OPT_INT, &t->accum, "N", "gradient accumulation: N batches per optimizer step (default 1)", NULL},
         {"resume", OPT_OPTSTR, &t->resume, "[PATH]", "continue from a checkpoint file or folder (default: the latest in --out)", NULL},
         {"checkpoint-every", OPT_INT, &t->checkpoint_every, "N", "checkpoint every N steps (default 0: each epoch end; always at the end)", NULL},
@@ -174,6 +176,18 @@ static int parse_args(int argc, char **argv, Args *a) {
         return -1;
     }
     if (t->db && !t->profile) t->profile = "basic"; /* --db implies profiling */
+    if (t->trace_steps) { /* GPU trace schedule (profiler/prof_schedule.h) */
+        ProfSchedule sched;
+        char err[256];
+        if (!t->profile || strcmp(t->profile, "trace") != 0) {
+            fprintf(stderr, "error: --trace-steps needs --profile=trace\n");
+            return -1;
+        }
+        if (prof_schedule_parse(t->trace_steps, &sched, err, sizeof(err)) != 0) {
+            fprintf(stderr, "error: %s\n", err);
+            return -1;
+        }
+    }
     if (t->accum < 1 || t->checkpoint_every < 0 || t->keep_last < 0) {
         fprintf(stderr, "error: --accum must be >= 1, --checkpoint-every and --keep-last >= 0\n");
         return -1;

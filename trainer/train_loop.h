@@ -32,6 +32,8 @@ typedef struct {
     /* --profile[=basic|trace] into --db (default OUT/profile.sqlite) */
     const char *profile; /* NULL = off, "" or "basic", "trace" */
     const char *db;
+    const char *trace_steps; /* --trace-steps wait:warmup:active[:repeat] (--profile=trace on a GPU);
+                                NULL = PROF_SCHEDULE_DEFAULT */
     const char *command_line;
     const char *model_json; /* the model's shape as JSON, for the run record */
     /* memory of the loader's batch slots (LoaderConfig.alloc_host/free_host, e.g. pinned memory
