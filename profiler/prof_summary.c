@@ -115,6 +115,47 @@ static void print_eval_and_records(FILE *f, const RunStats *s) {
     if (s->writer_error) fprintf(f, "  writer error: %s\n", s->writer_error);
 }
 
+/* GPU time of a CUDA run (docs/gpu-profiling.md): kernel and copy time per step by phase from
+ * DETR_GPU_STEPS, and the top kernels when the raw CUPTI table holds this run's trace. Nothing is
+ * printed for a CPU run (no rows). */
+static void print_gpu(FILE *f, sqlite3 *db, int64_t run_id, int64_t steps) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT s.value, g.activity, sum(g.total_ns), sum(g.bytes), sum(g.count), "
+                               "count(DISTINCT g.step) FROM DETR_GPU_STEPS g JOIN StringIds s ON s.id = g.phase_id "
+                               "WHERE g.run_id = ?1 GROUP BY 1, 2 ORDER BY 3 DESC", -1, &st, NULL) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return; /* a version-1 file: no GPU tables */
+    }
+    sqlite3_bind_int64(st, 1, run_id);
+    int rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (rows++ == 0)
+            fputs("GPU time per step by phase (DETR_GPU_STEPS)\n  phase            activity        ms/step"
+                  "   calls/step   MB/step\n", f);
+        double n = steps > 0 ? (double)steps : 1;
+        fprintf(f, "  %-16s %-12s %10.3f %12.1f %9.2f\n", (const char *)sqlite3_column_text(st, 0),
+                (const char *)sqlite3_column_text(st, 1), sqlite3_column_double(st, 2) / 1e6 / n,
+                sqlite3_column_double(st, 4) / n, sqlite3_column_double(st, 3) / 1048576.0 / n);
+    }
+    sqlite3_finalize(st);
+    if (rows == 0) return;
+    if (sqlite3_prepare_v2(db, "SELECT coalesce(s.value, '?'), count(*), sum(k.\"end\" - k.start) FROM "
+                               "CUPTI_ACTIVITY_KIND_KERNEL k JOIN DETR_RUNS r ON r.run_id = ?1 AND "
+                               "(k.globalPid >> 24) = r.pid AND k.start >= r.start_ns AND k.start <= "
+                               "coalesce(r.end_ns, k.start) LEFT JOIN StringIds s ON s.id = k.shortName "
+                               "GROUP BY 1 ORDER BY 3 DESC LIMIT 5", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, run_id);
+        int k = 0;
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            if (k++ == 0) fputs("top kernels of the traced steps\n  kernel                                   calls   total ms\n", f);
+            fprintf(f, "  %-40.40s %6d %10.3f\n", (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1),
+                    sqlite3_column_double(st, 2) / 1e6);
+        }
+    }
+    sqlite3_finalize(st);
+    fputs("\n", f);
+}
+
 static json_t *summary_json(const char *db_path, const RunStats *s, double ips_noise) {
     json_t *phases = json_array(), *memory = json_array();
     double wall = 0;
@@ -219,8 +260,8 @@ int prof_cmd_summary(int argc, char **argv) {
     RunStats s;
     char err[512];
     int rc = run_stats_load(db, run_id, warmup, &s, err, sizeof(err));
-    sqlite3_close(db);
     if (rc != 0) {
+        sqlite3_close(db);
         fprintf(stderr, "detr-prof summary: %s: %s\n", db_path, err);
         run_stats_free(&s);
         return 1;
@@ -237,8 +278,10 @@ int prof_cmd_summary(int argc, char **argv) {
         print_phases(stdout, &s);
         print_memory(stdout, &s);
         print_loader(stdout, &s);
+        print_gpu(stdout, db, s.run_id, s.n_steps_total);
         print_eval_and_records(stdout, &s);
     }
+    sqlite3_close(db);
     run_stats_free(&s);
     if (rc) fprintf(stderr, "detr-prof summary: cannot write the JSON output\n");
     return rc ? 1 : 0;
