@@ -3,6 +3,7 @@
 # with CUDA=1 first). One prepared run of at most GPU_CHECK_BUDGET seconds (default 480):
 #   info         nvidia-smi and detr-train --version (the build's CUDA libraries and GPU code)
 #   backend_ops  build/tests/test_backend_ops: every CUDA op against the CPU backend
+#   input_batch  build/tests/test_input_batch: the uint8 copy-stream path against the CPU, bitwise
 #   train50      50 training steps of the tiny preset on the GPU; the loss must fall (mean of the
 #                first 5 steps vs the last 5, from OUT/train.jsonl)
 #   oom_budget   golden mode under --mem-limit 4M: exit 3 and the allocator's explanation
@@ -89,11 +90,11 @@ step_info() {
 }
 
 # ---- op-by-op test ------------------------------------------------------------------------------
-step_backend_ops() {
-    local t0 log=$LOGS/backend_ops.log bin=$BUILD/tests/test_backend_ops
+step_gpu_test() { # NAME TEST: a C test program whose GPU checks must all run and pass
+    local name=$1 t0 log=$LOGS/$1.log bin=$BUILD/tests/$2
     t0=$(now_ms)
     : >"$log"
-    if [ ! -x "$bin" ]; then record backend_ops FAIL "$t0" "$bin was not built"; return; fi
+    if [ ! -x "$bin" ]; then record "$name" FAIL "$t0" "$bin was not built"; return; fi
     DETR_BUILD=$BUILD run 180 "$log" "$bin"
     local rc=$? result
     result=$(grep -E '^RESULT passed=' "$log" | tail -n 1)
@@ -102,11 +103,11 @@ step_backend_ops() {
     failed=$(sed -nE 's/.*failed=([0-9]+).*/\1/p' <<<"$result")
     skipped=$(sed -nE 's/.*skipped=([0-9]+).*/\1/p' <<<"$result")
     if [ $rc -eq 0 ] && [ "${failed:-1}" -eq 0 ] && [ "${passed:-0}" -gt 0 ] && [ "${skipped:-1}" -eq 0 ]; then
-        record backend_ops PASS "$t0" "$passed passed"
+        record "$name" PASS "$t0" "$passed passed"
     elif [ $rc -eq 0 ] && [ "${failed:-1}" -eq 0 ]; then
-        record backend_ops FAIL "$t0" "$passed passed but $skipped skipped: on a GPU nothing may skip (backend_ops.log: grep skip)"
+        record "$name" FAIL "$t0" "$passed passed but $skipped skipped: on a GPU nothing may skip ($name.log: grep skip)"
     else
-        record backend_ops FAIL "$t0" "exit $rc; ${result:-no RESULT line} (backend_ops.log: grep FAIL)"
+        record "$name" FAIL "$t0" "exit $rc; ${result:-no RESULT line} ($name.log: grep FAIL)"
     fi
 }
 
@@ -275,7 +276,8 @@ EOF
 # ---- run everything, summary last ----------------------------------------------------------
 echo "== gpu_check: logs in $LOGS, budget ${BUDGET}s"
 step_info
-step_backend_ops
+step_gpu_test backend_ops test_backend_ops
+step_gpu_test input_batch test_input_batch
 step_train50
 step_fixtures
 step_oom_budget "$FX_TINY"

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "input_batch.h"
 #include "posenc.h"
 #include "timer.h"
 
@@ -119,16 +120,28 @@ static double transformer_flops_estimate(const DetrConfig *c, int B, int S) {
     return 2.0 * B * (c->enc_layers * enc + c->dec_layers * dec);
 }
 
-/* NCHW [B, 3, H, W] host images -> CNHW [3, B, H, W] in backend memory. */
-static float *upload_images_cnhw(Detr *m, const float *images, int B, int H, int W) {
+void detr_set_input_hook(Detr *m, DetrInputHook fn, void *ctx) {
+    m->input_hook = fn;
+    m->input_ctx = fn ? ctx : NULL;
+}
+
+/* The backbone's input, CNHW [3, B, H, W] in backend memory: the host images [B, 3, H, W]
+ * uploaded (input_batch.h), or (images == NULL) what the input hook makes. */
+static float *backbone_input(Detr *m, const float *images, const uint8_t *mask, int B, int H,
+                             int W) {
     const Backend *be = m->be;
-    size_t plane = (size_t)H * W;
-    float *x = arena_alloc(m->acts, 3 * (size_t)B * plane);
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < 3; c++)
-            be->upload(x + ((size_t)c * B + b) * plane, images + ((size_t)b * 3 + c) * plane,
-                       plane * sizeof(float));
-    return x;
+    if (!images) {
+        float *x = m->input_hook ? m->input_hook(m->input_ctx, be, m->acts, mask, B, H, W) : NULL;
+        if (!x) {
+            fprintf(stderr, "error: detr_forward: no images for this %d x %d x %d batch (host images "
+                    "NULL and %s)\n", B, H, W, m->input_hook ? "the input hook does not know its "
+                    "mask" : "no input hook set");
+            exit(1);
+        }
+        return x;
+    }
+    InputBatch in = {.B = B, .H = H, .W = W, .images = images, .mask = mask};
+    return input_batch_images_cnhw(&in, be, m->acts);
 }
 
 void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int H, int W,
@@ -143,7 +156,7 @@ void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int 
     prof_range_push(m->prof, PROF_PHASE_BACKBONE);
 
     /* backbone: [3, B, H, W] -> [Cb, B, h, w] */
-    float *x = upload_images_cnhw(m, images, B, H, W);
+    float *x = backbone_input(m, images, mask, B, H, W);
     m->feat = backbone_forward(m->bb, be, m->acts, x, B, H, W, &m->h, &m->w);
     int h = m->h, w = m->w, S = h * w, Cb = backbone_channels(m->bb);
     m->S = S;

@@ -22,6 +22,13 @@ typedef enum {
 } Phase;
 extern const char *const PHASE_NAMES[PHASE_N];
 
+/* Produces a batch's backbone input when detr_forward gets images == NULL: backend CNHW
+ * [3, B, H, W] normalised floats, 0 on padding, allocated from acts (already reset for this
+ * forward). The batch is identified by its host mask pointer. NULL = unknown batch.
+ * (trainer/input_batch.h: input_batch_set_images, the uint8 / GPU data path.) */
+typedef float *(*DetrInputHook)(void *ctx, const Backend *be, Arena *acts, const uint8_t *mask,
+                                int B, int H, int W);
+
 typedef struct {
     DetrConfig cfg;
     const Backend *be;
@@ -41,6 +48,8 @@ typedef struct {
 
     Arena *acts; /* per-step activations and their gradients */
     Prof *prof;  /* phase ranges (NULL: NVTX only); set with detr_set_profiler */
+    DetrInputHook input_hook; /* images of batches given without host images; detr_set_input_hook */
+    void *input_ctx;
 
     /* state of the last forward */
     int B, H, W, h, w, S, L;
@@ -68,11 +77,14 @@ void detr_set_profiler(Detr *m, Prof *prof);
 /* Call after weights change outside the optimizer (load): refreshes derived tensors. */
 void detr_prepare(Detr *m);
 
-/* Forward. images: host [B, 3, H, W] normalised and padded; mask: host [B, H, W] (1 = padding).
- * After it, logits_host / boxes_host hold every layer's predictions. Activations are kept
- * for detr_backward until the next forward. */
+/* Forward. images: host [B, 3, H, W] normalised and padded, or NULL: the input hook makes the
+ * batch's images on the backend (uint8 batches, GPU preprocessing); mask: host [B, H, W]
+ * (1 = padding). After it, logits_host / boxes_host hold every layer's predictions. Activations
+ * are kept for detr_backward until the next forward. */
 void detr_forward(Detr *m, const float *images, const uint8_t *mask, int B, int H, int W,
                   int training, uint64_t seed);
+/* Sets (fn != NULL) or clears the input hook used by detr_forward for images == NULL. */
+void detr_set_input_hook(Detr *m, DetrInputHook fn, void *ctx);
 
 /* Losses of every decoder layer (index L-1 is the final one), and their gradient:
  * computes the criterion on the last forward's predictions and, if want_grad, backpropagates

@@ -40,6 +40,7 @@ static const char *USAGE =
 
 typedef struct {
     const char *weights, *inputs, *targets, *dump_grads, *amp, *device, *save_init;
+    const char *gpu_preprocess; /* --gpu-preprocess on|off (NULL: on with --device cuda) */
     int threads, version, eval_only;
     size_t mem_limit, max_pixels;
     TrainLoopConfig tl;
@@ -109,6 +110,7 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"eval-only", OPT_FLAG, &a->eval_only, NULL, "evaluate --weights on the val split and exit", NULL},
         {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train: cpu (default) or cuda (GPU 0; CUDA builds)", NULL},
+        {"gpu-preprocess", OPT_STR, &a->gpu_preprocess, "on|off", "with --device cuda: the loader delivers uint8 images, copied on a copy stream and normalised on the GPU (default on)", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
     int n = 0;
@@ -152,6 +154,16 @@ static int parse_args(int argc, char **argv, Args *a) {
         return -1;
     }
 #endif
+    if (a->gpu_preprocess && strcmp(a->gpu_preprocess, "on") && strcmp(a->gpu_preprocess, "off")) {
+        fprintf(stderr, "error: --gpu-preprocess '%s': use on or off\n", a->gpu_preprocess);
+        return -1;
+    }
+    if (!on_gpu && a->gpu_preprocess && !strcmp(a->gpu_preprocess, "on")) {
+        fprintf(stderr, "error: --gpu-preprocess on needs --device cuda: on the CPU the data loader "
+                "normalises the images itself (leave the option out, or use --gpu-preprocess off)\n");
+        return -1;
+    }
+    t->gpu_preprocess = on_gpu && !(a->gpu_preprocess && !strcmp(a->gpu_preprocess, "off"));
     if (on_gpu && a->amp && strcmp(a->amp, "off")) {
         fprintf(stderr, "error: --amp %s: mixed precision is not implemented yet; the CUDA backend "
                 "trains in float32 (use --amp off)\n", a->amp);

@@ -41,6 +41,9 @@ typedef struct {
     void *(*alloc_host)(size_t bytes);
     void (*free_host)(void *p);
     const char *device; /* recorded in the profile: "cpu" (NULL) or "cuda:0" */
+    /* --gpu-preprocess: the loader delivers uint8 batches, copied to the GPU on a copy stream
+     * and normalised there (trainer/input_batch.h); needs device "cuda..." */
+    int gpu_preprocess;
 } TrainLoopConfig;
 
 /* Opens a split ("train" or "val"). Returns 0, 1 if the split does not exist (val only), or
