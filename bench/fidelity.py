@@ -33,7 +33,9 @@ import math
 import os
 import platform
 import shlex
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -154,15 +156,18 @@ def make_dataset(out):
     return ds, cmd
 
 
-def run_c(ds, sdir, seed, steps, per_epoch):
+def run_c(ds, sdir, seed, steps, per_epoch, db):
     cdir = os.path.join(sdir, "c")
     shutil.rmtree(cdir, ignore_errors=True)
     init = os.path.join(sdir, "init.safetensors")
     epochs = -(-steps // per_epoch)
     cmd = ([os.path.join(BUILD, "detr-train"), "--data", ds] + opts(MODEL) + opts(TRAIN)
            + ["--steps", str(steps), "--epochs", str(epochs), "--seed", str(seed), "--save-init", init,
-              "--out", cdir, "--log-every", "100", "--keep-last", "1"])
+              "--out", cdir, "--log-every", "100", "--keep-last", "1", "--profile", "--db", db])
     wall = run(cmd, os.path.join(sdir, "c.log"))
+    with open(os.path.join(sdir, "c.log")) as f:
+        m = re.search(r"^profile: .* \(run (\d+),", f.read(), re.M)
+    run_id = int(m.group(1)) if m else None
     for name in os.listdir(cdir):  # resumable checkpoints (weights + AdamW state): not needed here
         if name.startswith("checkpoint-") and name.endswith(".safetensors"):
             os.remove(os.path.join(cdir, name))
@@ -181,7 +186,7 @@ def run_c(ds, sdir, seed, steps, per_epoch):
         evals.append({"epoch": steps_log[-1]["epoch"], "step": steps_log[-1]["step"], "stats": stats,
                       "seconds": round(final_eval_s, 3), "after_run": True})
         cmds.append(ecmd)
-    return {"steps": steps_log, "evals": evals, "wall_s": wall, "final_eval_wall_s": final_eval_s,
+    return {"steps": steps_log, "evals": evals, "wall_s": wall, "final_eval_wall_s": final_eval_s, "run_id": run_id,
             "train_s": sum(r["step_s"] for r in steps_log),
             "eval_s": sum(e.get("seconds", 0.0) for e in evals), "init": init, "commands": cmds}
 
@@ -206,6 +211,68 @@ def run_torch(ds, sdir, seed, steps, first_batch):
     cross = coco_eval(os.path.join(ds, "annotations", "instances_val.json"), os.path.join(edir, "detections.json"))
     return {"steps": steps_log, "evals": evals, "wall_s": wall, "train_s": summary["train_s"],
             "eval_s": summary["eval_s"], "summary": summary, "cross_eval_stats": cross, "commands": [cmd, ecmd]}
+
+
+def import_torch_run(db, r, seed, cmd):
+    """Adds the reference's run to the profile database of the C runs (schema: docs/profile-schema.md):
+    a DETR_RUNS row labelled in its config, its per-step losses (final decoder layer, as its log has
+    them), grad norm, lr and step time in DETR_STEPS, and its evaluations in DETR_EVAL, so that
+    `detr-prof report` overlays both implementations. Returns the new run id."""
+    con = sqlite3.connect(db)
+    try:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        start = int(time.time() * 1e9)
+        cfg = json.dumps({"label": f"PyTorch reference seed {seed}", "implementation": "tests/ref/detr_ref.py",
+                          "model": MODEL, "train": TRAIN})
+        cur = con.execute("INSERT INTO DETR_RUNS (start_ns, end_ns, status, exit_code, level, device, command_line, "
+                          "hostname, config_json, schema_version) VALUES (?, ?, 'ok', 0, 'basic', 'cpu', ?, ?, ?, ?)",
+                          (start, start, " ".join(shlex.quote(c) for c in cmd), platform.node(), cfg, version))
+        run_id = cur.lastrowid
+        t = start
+        for rec in r["steps"]:
+            wall = int(rec.get("step_s", 0) * 1e9)
+            losses = {k: rec[k] for k in ("loss_ce", "loss_bbox", "loss_giou", "class_error") if k in rec}
+            con.execute("INSERT INTO DETR_STEPS (run_id, step, epoch, start_ns, end_ns, wall_ns, data_wait_ns, "
+                        "images, loss, lr, grad_norm, images_per_s, losses_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, rec["step"], rec.get("epoch"), t, t + wall, wall,
+                         int(rec.get("data_wait_s", 0) * 1e9), rec.get("images"), rec.get("loss"), rec.get("lr"),
+                         rec.get("grad_norm"), rec["images"] / (wall * 1e-9) if wall > 0 and rec.get("images") else None,
+                         json.dumps(losses)))
+            t += wall
+        for e in r["evals"]:
+            st = e["stats"]
+            con.execute("INSERT INTO DETR_EVAL (run_id, epoch, step, timestamp_ns, ap, ap50, ap75, ap_small, ap_medium, "
+                        "ap_large, ar1, ar10, ar100, ar_small, ar_medium, ar_large) VALUES "
+                        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (run_id, e.get("epoch"), e.get("step"), t, *st[:12]))
+        con.execute("UPDATE DETR_RUNS SET end_ns = ? WHERE run_id = ?", (t, run_id))
+        con.commit()
+    finally:
+        con.close()
+    return run_id
+
+
+def label_c_run(db, run_id, seed):
+    """Names a detr-train run in the report ("label" in its config; presentation only)."""
+    con = sqlite3.connect(db)
+    try:
+        con.execute("UPDATE DETR_RUNS SET config_json = json_set(coalesce(config_json, '{}'), '$.label', ?) "
+                    "WHERE run_id = ?", (f"detr-train seed {seed}", run_id))
+        con.commit()
+    finally:
+        con.close()
+
+
+def make_report(db, run_ids, out):
+    """detr-prof report of every run, C and PyTorch overlaid; returns the HTML path or None."""
+    html = os.path.join(out, "report.html")
+    cmd = [os.path.join(BUILD, "detr-prof"), "report", db, "-o", html]
+    for rid in run_ids:
+        cmd += ["--run", str(rid)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"warning: {' '.join(cmd)} failed: {p.stderr.strip()}", flush=True)
+        return None, cmd
+    return html, cmd
 
 
 def identical_batch_check(sdir, first):
@@ -413,6 +480,12 @@ def report(res, doc_path):
     lines.append(f"- Speed: C {sp['c_images_per_s']:.1f} images/s in training steps vs PyTorch "
                  f"{sp['torch_images_per_s']:.1f} (C {sp['ratio_steps']:.2f}x faster); whole runs "
                  f"{sp['c_wall_s']:.0f} s vs {sp['torch_wall_s']:.0f} s ({sp['ratio_wall']:.2f}x).")
+    rep = res.get("report")
+    if rep and rep.get("html"):
+        lines.append(f"- Both implementations' curves (total loss, every loss term, gradient norm, lr, step time, "
+                     f"AP) overlaid in the HTML report `{rep['html']}`: `detr-prof report {rep['db']} "
+                     + " ".join(f"--run {r}" for r in rep["runs"]) + "` (C runs profiled with `--profile`, the "
+                     "reference's logged steps and evaluations imported beside them, labelled in the report).")
     lines.append("")
     # setup
     lines += ["## Setup", "",
@@ -563,6 +636,10 @@ def main():
     if per_epoch == 0:
         sys.exit(f"error: {n_train} training images is less than one batch of {TRAIN['batch']}")
 
+    db = os.path.join(args.out, "fidelity.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.remove(db + suffix)
     runs = {"c": {}, "torch": {}}
     commands = [ds_cmd]
     ib = None
@@ -570,7 +647,7 @@ def main():
         sdir = os.path.join(args.out, f"seed{seed}")
         os.makedirs(sdir, exist_ok=True)
         print(f"== seed {seed}: C", flush=True)
-        runs["c"][str(seed)] = run_c(ds, sdir, seed, args.steps, per_epoch)
+        runs["c"][str(seed)] = run_c(ds, sdir, seed, args.steps, per_epoch, db)
         print(f"== seed {seed}: PyTorch reference", flush=True)
         first = os.path.join(sdir, "first-batch") if k == 0 else None
         runs["torch"][str(seed)] = run_torch(ds, sdir, seed, args.steps, first)
@@ -581,6 +658,16 @@ def main():
             print(f"identical batch: max relative loss difference {ib['max_loss_rel_diff']:.2e}, "
                   f"gradient cosine {ib['grad_cosine']:.9f}", flush=True)
     load_after = loadavg()
+    report_runs = []
+    for seed in seeds:
+        c, t = runs["c"][str(seed)], runs["torch"][str(seed)]
+        if c.get("run_id"):
+            label_c_run(db, c["run_id"], seed)
+            report_runs.append(c["run_id"])
+        t["run_id"] = import_torch_run(db, t, seed, t["commands"][0])
+        report_runs.append(t["run_id"])
+    report_html, report_cmd = make_report(db, report_runs, args.out)
+    commands.append(report_cmd)
 
     for impl in runs:
         for s, r in runs[impl].items():
@@ -591,7 +678,8 @@ def main():
     res = {"date": date, "machine": machine(), "load_before": load_before, "load_after": load_after,
            "steps": args.steps, "seeds": seeds, "out": args.out, "doc": args.doc,
            "config": {"dataset": DATASET, "model": MODEL, "train": TRAIN},
-           "runs": runs, "identical_batch": ib, "commands": commands}
+           "runs": runs, "identical_batch": ib, "commands": commands,
+           "report": {"db": db, "html": report_html, "runs": report_runs}}
     shape = runs["torch"][str(seeds[0])]["summary"]["shape"]
     res["torch_version"] = runs["torch"][str(seeds[0])]["summary"]["torch"]
     res["shape_text"] = (f"ResNet-{shape['depth']}, hidden {shape['hidden_dim']}, {shape['nheads']} heads, "

@@ -24,7 +24,14 @@
   function ms(v) { return num(v) === null ? '–' : (v < 1 ? v.toFixed(3) : v.toFixed(2)) + ' ms'; }
   function nsToS(v) { return num(v) === null ? '–' : (v / 1e9).toFixed(1) + ' s'; }
   function dateOf(ns) { return num(ns) === null ? '–' : new Date(ns / 1e6).toISOString().replace('T', ' ').slice(0, 19) + ' UTC'; }
-  function runLabel(run) { return 'run ' + run.run_id; }
+  /* "run N", plus the run's own label when its configuration names one ("label": e.g. runs imported
+   * from another implementation by bench/fidelity.py) */
+  function runLabel(run) {
+    var cfg = run.summary && (run.summary.config || run.summary.config_json), label = null;
+    if (typeof cfg === 'string') { try { label = JSON.parse(cfg).label; } catch (e) { label = null; } }
+    else if (cfg && typeof cfg === 'object') label = cfg.label;
+    return 'run ' + run.run_id + (typeof label === 'string' && label ? ' · ' + label : '');
+  }
   function arr(o, k) { return o && Array.isArray(o[k]) ? o[k] : []; }
   function pairs(xs, ys) {
     var out = [];
