@@ -14,11 +14,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from run_bench import machine  # "CPU model, N cores, OS release", as the other benchmark docs
 
 # make run's settings (the embedded dataset, 64x64, with its transform defaults), without evaluation
 SETTINGS = ["--preset", "tiny", "--batch", "8", "--eval-every", "0", "--log-every", "100000",
@@ -38,17 +39,6 @@ def step_time(build, out, steps, warmup, profile):
             if "step" in row and "t" in row:
                 t[row["step"]] = row["t"]
     return (t[steps] - t[warmup]) / (steps - warmup)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
@@ -77,8 +67,8 @@ def main():
     lines = [
         "# Profiling overhead (`--profile=basic`)",
         "",
-        "Measured by `bench/profile_overhead.py` (part of `make bench`) on %s, %s (%d CPUs), %s."
-        % (datetime.date.today().isoformat(), cpu_model(), os.cpu_count() or 0, platform.platform()),
+        "Measured by `bench/profile_overhead.py` (part of `make bench`) on %s, %s."
+        % (datetime.date.today().isoformat(), machine()),
         "",
         "The tiny preset on the embedded synthetic dataset (`%s`), %d steps per run, steps %d..%d timed "
         "from the `t` field of `train.jsonl` (which includes the step's records, ranges and log line), "

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include "cache_dir.h"
 #include "dataset_internal.h"
 
 /* ---------------------------------------------------------------- cache folder */
@@ -40,12 +41,9 @@ static int make_dirs(const char *path) {
 }
 
 static int cache_folder(const char *cache_dir, char *out, size_t len, char *err, size_t errlen) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    int n;
+    int n = 0;
     if (cache_dir && *cache_dir) n = snprintf(out, len, "%s", cache_dir);
-    else if (xdg && xdg[0] == '/') n = snprintf(out, len, "%s/detr", xdg);
-    else if (home && *home) n = snprintf(out, len, "%s/.cache/detr", home);
-    else {
+    else if ((n = cache_root_default(out, len)) == 1) {
         snprintf(err, errlen, "no cache folder: neither XDG_CACHE_HOME nor HOME is set (use --cache DIR)");
         return -1;
     }

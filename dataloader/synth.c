@@ -27,6 +27,7 @@
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <jansson.h>
+#include "cache_dir.h"
 #include "rng.h"
 
 #define DEFAULT_DATASET_NAME "synth-default-v2"
@@ -771,11 +772,12 @@ int synth_dataset_write(const char *out_dir, const SynthDatasetConfig *c, SynthS
     return write_atomic(out_dir, c, stats, &lost_race, err, errlen);
 }
 
+/* The project's cache folder, or a per-user one under /tmp when neither XDG_CACHE_HOME nor HOME
+ * names one. */
 static int default_cache_root(char *buf, size_t len) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (xdg && xdg[0] == '/') return snprintf(buf, len, "%s/detr", xdg) < (int)len ? 0 : -1;
-    if (home && home[0]) return snprintf(buf, len, "%s/.cache/detr", home) < (int)len ? 0 : -1;
-    return snprintf(buf, len, "/tmp/detr-cache-%d", (int)getuid()) < (int)len ? 0 : -1;
+    int rc = cache_root_default(buf, len);
+    if (rc == 1) return snprintf(buf, len, "/tmp/detr-cache-%d", (int)getuid()) < (int)len ? 0 : -1;
+    return rc;
 }
 
 /* A complete default dataset has both annotation files (the folder only appears by rename once

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "cache_dir.h"
 #include "timer.h"
 
 double sgemm_peak_flops(int n) {
@@ -43,15 +44,15 @@ static void cpu_model(char *out, size_t len) {
     fclose(f);
 }
 
-/* $XDG_CACHE_HOME/detr (or ~/.cache/detr), created; 0 or -1. */
+/* The project's cache folder (cache_dir.h), created; 0 or -1. */
 static int cache_dir(char *out, size_t len) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    char base[4096];
-    if (xdg && *xdg) snprintf(base, sizeof(base), "%s", xdg);
-    else if (home && *home) snprintf(base, sizeof(base), "%s/.cache", home);
-    else return -1;
-    mkdir(base, 0755);
-    snprintf(out, len, "%s/detr", base);
+    if (cache_root_default(out, len) != 0) return -1;
+    char *slash = strrchr(out, '/'); /* its parent ($XDG_CACHE_HOME or ~/.cache) may not exist yet */
+    if (slash && slash != out) {
+        *slash = 0;
+        mkdir(out, 0755);
+        *slash = '/';
+    }
     return mkdir(out, 0755) == 0 || access(out, W_OK) == 0 ? 0 : -1;
 }
 

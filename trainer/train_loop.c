@@ -167,7 +167,13 @@ static int loader_slots(const TrainLoopConfig *c) {
 
 int train_check_memory(const TrainLoopConfig *c, Detr *m, size_t limit) {
     char err[4096];
-    int side = (c->max_size > 0 ? c->max_size : 1333) + 1; /* as the loader sizes its slots */
+    TransformConfig tc; /* the train transform the loader will use (make_loader) */
+    if (transform_config_from_options(&tc, 1, c->scales, c->max_size, 0, c->resize_choices, c->crop, err,
+                                      sizeof(err)) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return 2;
+    }
+    int side = tc.max_size + 1; /* the largest padded batch side: as the loader sizes its slots */
     MemEstimate e;
     if (mem_estimate_training(m, c->batch, side, loader_slots(c), &e, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: %s\n", err);

@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "check.h"
 #include "mem.h"
+#include "test_util.h"
 
 static void test_accounting(void) {
     MemStats s0 = mem_stats();
@@ -96,13 +97,7 @@ static void test_train_oom(void) {
     int rc = system(cmd);
     int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
     CHECK("detr-train --mem-limit: exit code 3", code == EXIT_OOM, "exit code %d (log /tmp/detr-oom-test.log)", code);
-    FILE *f = fopen("/tmp/detr-oom-test.log", "r");
-    char buf[8192] = {0};
-    if (f) {
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        buf[n] = 0;
-        fclose(f);
-    }
+    char *buf = read_text("/tmp/detr-oom-test.log");
     CHECK("detr-train --mem-limit: refused at start with the estimate per category and a hint",
           strstr(buf, "does not fit --mem-limit 31457280") && strstr(buf, "budget") &&
               strstr(buf, "parameters") && strstr(buf, "gradients") && strstr(buf, "optimizer") &&
@@ -116,27 +111,20 @@ static void test_train_oom(void) {
              "> /tmp/detr-oom-test.log 2>&1", build);
     rc = system(cmd);
     code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-    f = fopen("/tmp/detr-oom-test.log", "r");
-    memset(buf, 0, sizeof(buf));
-    if (f) {
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        buf[n] = 0;
-        fclose(f);
-    }
+    free(buf);
+    buf = read_text("/tmp/detr-oom-test.log");
     double est_mib = -1;
     const char *at = strstr(buf, "memory: estimated ");
     if (at) est_mib = atof(at + strlen("memory: estimated "));
-    long long peak = -1;
-    f = fopen("/tmp/detr-oom-test/train.jsonl", "r");
-    char line[2048];
-    while (f && fgets(line, sizeof(line), f)) {
-        const char *p = strstr(line, "\"mem_peak_bytes\":");
-        if (p) peak = atoll(p + strlen("\"mem_peak_bytes\":"));
-    }
-    if (f) fclose(f);
+    long long peak = -1; /* the last step's mem_peak_bytes: the run's peak */
+    char *log = read_text("/tmp/detr-oom-test/train.jsonl");
+    for (const char *p = log; (p = strstr(p, "\"mem_peak_bytes\":")); p++)
+        peak = atoll(p + strlen("\"mem_peak_bytes\":"));
     CHECK("detr-train --mem-limit: a run that fits trains, and its peak stays within the estimate",
           code == 0 && est_mib > 0 && peak > 0 && peak <= est_mib * 1048576.0 * 1.001 + 1,
           "exit %d, estimate %.1f MiB, peak %lld bytes; log %.300s", code, est_mib, peak, buf);
+    free(log);
+    free(buf);
 }
 
 int main(void) {
