@@ -278,7 +278,8 @@ int dataset_find(const char *dir, const char *split, char *ann_out, size_t ann_l
             join_names(&anns, found, sizeof found);
             join_names(&imgs, found_imgs, sizeof found_imgs);
             snprintf(err, errlen, "%s: cannot tell which annotation file goes with which image folder "
-                     "(annotations: %s; folders: %s); expected instances_%sXXX.json with %sXXX/, or "
+                     "(annotations: %s; folders: %s); expected one instances_%s<suffix>.json with one %s<suffix>/ "
+                     "of the same suffix, or "
                      "pass --ann FILE --images DIR", dir, found, found_imgs, split, split);
             return -1;
         }
