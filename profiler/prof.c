@@ -266,6 +266,8 @@ void prof_step_record_init(ProfStepRecord *r) {
     r->data_wait_ns = -1;
     r->h2d_ns = -1;
     r->loss = r->lr = r->lr_backbone = r->grad_norm = r->flops = r->padded_fraction = NAN;
+    r->loss_scale = NAN;
+    r->skipped = 0;
     r->rss_bytes = -1;
 }
 

@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 /* Version of the database layout written by this build (PRAGMA user_version). */
-#define PROF_SCHEMA_VERSION 2
+#define PROF_SCHEMA_VERSION 3
 
 #define PROF_NAME_LEN 32    /* loss, memory category and free-text range names, NUL included */
 #define PROF_MAX_LOSSES 48  /* loss terms per step record (6 decoder layers x 5 terms + totals) */
@@ -120,6 +120,9 @@ typedef struct {
     double grad_norm;       /* total gradient norm before clipping */
     double flops;           /* model FLOPs of this step (forward + backward, see docs) */
     double padded_fraction; /* padded pixels / all pixels of the batch */
+    double loss_scale;      /* fp16 loss scale this step's backward used (NaN: no loss scaling) */
+    int skipped;            /* 1: the optimizer update was skipped (inf/NaN gradients under fp16
+                               loss scaling; GradScaler's rule) */
     int n_losses;           /* every loss term: DETR_STEPS.losses_json, one row each in the
                                DETR_LOSSES view */
     ProfLoss losses[PROF_MAX_LOSSES];

@@ -148,12 +148,22 @@ static const char *const migrate_v1_to_v2[] = {
     "PRAGMA user_version = 2",
 };
 
+/* Version 3: mixed precision. fp16 runs scale the loss (GradScaler's rule) and skip the update
+ * of a step whose gradients overflowed. */
+static const char *const migrate_v2_to_v3[] = {
+    "ALTER TABLE DETR_STEPS ADD COLUMN loss_scale REAL",
+    "ALTER TABLE DETR_STEPS ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
+    "UPDATE META_DATA_EXPORT SET value = '3' WHERE name = 'DETR_SCHEMA_VERSION'",
+    "PRAGMA user_version = 3",
+};
+
 static const struct {
     const char *const *sql;
     size_t n;
 } migrations[] = {
     /* [i] brings version i + 1 to version i + 2 */
     {migrate_v1_to_v2, sizeof(migrate_v1_to_v2) / sizeof(migrate_v1_to_v2[0])},
+    {migrate_v2_to_v3, sizeof(migrate_v2_to_v3) / sizeof(migrate_v2_to_v3[0])},
 };
 
 static int exec_all(sqlite3 *db, const char *const *sql, size_t n, const char *what, const char *path,

@@ -31,8 +31,8 @@ int prof_writer_prepare(Prof *p, char *err, size_t errlen) {
         {&st->rollback, "ROLLBACK"},
         {&st->step, "INSERT INTO DETR_STEPS (run_id, step, epoch, start_ns, end_ns, wall_ns, "
                     "data_wait_ns, h2d_ns, images, loss, lr, lr_backbone, grad_norm, images_per_s, "
-                    "flops, mfu, padded_fraction, losses_json) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+                    "flops, mfu, padded_fraction, losses_json, loss_scale, skipped) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
         {&st->phase, "INSERT INTO DETR_PHASES (run_id, step, name_id, start_ns, duration_ns, depth, "
                      "global_tid) VALUES (?,?,?,?,?,?,?)"},
         {&st->nvtx, "INSERT INTO NVTX_EVENTS (start, \"end\", eventType, color, text, globalTid, "
@@ -232,6 +232,8 @@ static int write_step(Prof *p, const ProfStepRecord *r) {
     char json[PROF_MAX_LOSSES * (6 * PROF_NAME_LEN + 32) + 8]; /* every name fully escaped */
     size_t len = losses_json(r, json, sizeof(json));
     if (len) sqlite3_bind_text(s, 18, json, (int)len, SQLITE_STATIC);
+    bind_real(s, 19, r->loss_scale);
+    sqlite3_bind_int(s, 20, r->skipped ? 1 : 0);
     if (run(s) != 0) return -1;
     for (int i = 0; i < r->n_mem; i++) {
         s = p->st.mem;

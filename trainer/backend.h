@@ -12,6 +12,7 @@
  *    one GEMM [Cout, Cin*kh*kw] x [Cin*kh*kw, B*Ho*Wo] whose result is already CNHW.
  *  - Token activations are row-major [T, D] with T = B*S (batch-major: token b*S + s).
  *  - Masks are uint8, 1 = padding (the reference's True).
+ *  - Mixed precision (set_precision): see Precision below.
  */
 #ifndef DETR_BACKEND_H
 #define DETR_BACKEND_H
@@ -66,6 +67,19 @@ typedef struct {
     uint64_t seed;
 } AttnShape;
 
+/* Precision of the matrix products: conv2d_forward / _backward_data / _backward_weight,
+ * linear_forward / _backward and gemm. Every other op always computes in float32.
+ *   PRECISION_FP32: plain float32 (the default).
+ *   PRECISION_BF16, PRECISION_FP16: PyTorch autocast's semantics for these ops. Each operand
+ *     (x, w, bias, dy, A, B) is rounded to the low type (round to nearest even; fp16 overflows
+ *     to +-inf, as a hardware conversion does), the products are summed in float32, and the
+ *     result is rounded to the low type before it is written (forward ops, gemm's alpha*AB) or
+ *     added in float32 to the gradient it accumulates into (backward ops). Buffers stay float32:
+ *     what changes is the arithmetic (tensor cores on a GPU), not the storage.
+ * On the CPU the low types are emulated (rounding passes around the float32 BLAS): the same
+ * numbers, for checking, not for speed. */
+typedef enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_FP16 = 2 } Precision;
+
 typedef struct Backend {
     const char *name;
 
@@ -79,6 +93,8 @@ typedef struct Backend {
     void (*copy)(float *dst, const float *src, size_t n);
     void (*fill)(float *x, float value, size_t n);
     void (*synchronize)(void);
+    /* Precision of the matrix products from now on (see Precision); process-wide. */
+    void (*set_precision)(Precision p);
 
     /* ---- convolution, CNHW (see ConvShape) ---- */
     /* y = conv(x, w) (+ bias[Cout] if bias) */

@@ -125,6 +125,25 @@ void cpu_attention_forward(const AttnShape *s, const float *q, const float *k, c
 void cpu_attention_backward(const AttnShape *s, const float *dout, const float *q, const float *k,
                             const float *v, const float *probs, float *dq, float *dk, float *dv);
 
+/* ---- backend_cpu_amp.c: the matrix products under set_precision (backend.h, Precision); the
+ * op table points at these, which call the float32 ops above directly at PRECISION_FP32 ---- */
+void cpu_set_precision(Precision p);
+Precision cpu_precision(void);
+/* x rounded to p's type (round to nearest even; fp16 overflow -> inf), as a float */
+float cpu_round_to_precision(float x, Precision p);
+void cpu_amp_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
+                  long strideC, int batch);
+void cpu_amp_linear_forward(const float *x, const float *w, const float *b, float *y, int T, int In,
+                            int O);
+void cpu_amp_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
+                             float *db, int T, int In, int O);
+void cpu_amp_conv2d_forward(const ConvShape *s, const float *x, const float *w, const float *bias,
+                            float *y);
+void cpu_amp_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx);
+void cpu_amp_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
+                                    float *dbias);
+
 /* Stops the program with a message naming the op when a caller passes an impossible shape
  * (a bug in the calling model code, never user input). */
 void cpu_shape_error(const char *op, const char *what);

@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -434,6 +435,12 @@ int checkpoint_save(const char *dir, const CheckpointState *s, Detr *m, const Ad
     st_writer_meta(w, "seed", seed);
     put_float(w, "lr", s->lr);
     put_float(w, "lr_backbone", s->lr_backbone);
+    if (s->loss_scale > 0) {
+        char scale[40];
+        snprintf(scale, sizeof(scale), "%.17g", s->loss_scale);
+        st_writer_meta(w, "loss_scale", scale);
+        put_i64(w, "loss_scale_growth_tracker", s->loss_scale_tracker);
+    }
     st_writer_meta(w, "rng", "counter-based: dropout from (seed, step), data from (seed, epoch, "
                              "sample); no generator state");
     st_writer_meta(w, "config", cfg_text ? cfg_text : "{}");
@@ -503,6 +510,21 @@ static int read_scalars(const StFile *f, CheckpointState *s, long long *opt_step
         set_err(err, errlen, "%s: __metadata__ \"%s\" is missing or malformed", f->path,
                 !seed || !*seed || *end || errno ? "seed" : "epoch");
         return -1;
+    }
+    s->loss_scale = 0;
+    s->loss_scale_tracker = 0;
+    const char *scale = st_meta(f, "loss_scale");
+    if (scale) { /* fp16 runs */
+        long long tracker;
+        double x = strtod(scale, &end);
+        if (!*scale || *end || !(x > 0) || !isfinite(x)) {
+            set_err(err, errlen, "%s: __metadata__ \"loss_scale\" is \"%s\" (expected a positive number)",
+                    f->path, scale);
+            return -1;
+        }
+        if (meta_ll(f, "loss_scale_growth_tracker", 0, &tracker, err, errlen)) return -1;
+        s->loss_scale = x;
+        s->loss_scale_tracker = tracker;
     }
     s->step = step;
     s->epoch = (int)epoch;

@@ -12,6 +12,7 @@
  *     seed, lr and lr_backbone (of the last step; StepLR's state is the base rates and lr_drop in
  *     the config plus the epoch), rng (see below), config (JSON: "model" shape and training
  *     switches, "trainable_backbone", "optimizer" hyper-parameters, "run": the caller's options),
+ *     loss_scale and loss_scale_growth_tracker (fp16 runs only),
  *     checksum (64-bit hash of every tensor's name and bytes, hex), and the weights' nheads,
  *     dilation, pre_norm.
  * RNG state: every random draw of training is counter-based, a pure function of the seed and a
@@ -52,6 +53,10 @@ typedef struct {
     int64_t batch_pos;     /* index within that epoch of the next loader batch */
     uint64_t seed;         /* the run's seed */
     float lr, lr_backbone; /* learning rates of the last step */
+    /* fp16 dynamic loss scaling (loss_scaler.h): the scale and growth tracker after the last
+     * step; loss_scale 0 = none (save: not stored; load: the file has none). */
+    double loss_scale;
+    int64_t loss_scale_tracker;
     /* Inputs of both: the run's options that must not change on resume, as a JSON object (e.g.
      * {"batch":2,"accum":1,"seed":42,"data":"...","scales":"..."}; the seed belongs here), or
      * NULL (save: none stored; load: not compared). */

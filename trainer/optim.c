@@ -22,11 +22,16 @@ double grad_global_norm(ParamSet *ps) {
 }
 
 void adamw_step(AdamW *opt, ParamSet *ps, float lr, float lr_backbone, double norm) {
+    adamw_step_unscale(opt, ps, lr, lr_backbone, norm, 1.0f);
+}
+
+void adamw_step_unscale(AdamW *opt, ParamSet *ps, float lr, float lr_backbone, double norm,
+                        float unscale) {
     const OptimConfig *c = &opt->cfg;
-    float gscale = 1.0f;
+    float gscale = unscale;
     if (c->clip > 0) { /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), <= 1 */
         double coef = c->clip / (norm + 1e-6);
-        if (coef < 1.0) gscale = (float)coef;
+        if (coef < 1.0) gscale = (float)(coef * unscale);
     }
     opt->step++;
     size_t n_main = ps->n_train_group[GROUP_MAIN], n_bb = ps->n_train_group[GROUP_BACKBONE];

@@ -19,6 +19,10 @@ double grad_global_norm(ParamSet *ps);
 /* Clips (if cfg.clip > 0) using grad_norm (from grad_global_norm) and applies one AdamW step
  * with the given learning rates. */
 void adamw_step(AdamW *opt, ParamSet *ps, float lr, float lr_backbone, double grad_norm);
+/* The same on gradients that carry a loss scale: the stored gradients are multiplied by unscale
+ * (1 / loss scale) on the fly, and grad_norm is the norm of the UNSCALED gradients. */
+void adamw_step_unscale(AdamW *opt, ParamSet *ps, float lr, float lr_backbone, double grad_norm,
+                        float unscale);
 /* StepLR: lr * 0.1^(epoch / lr_drop). */
 float lr_at_epoch(float base_lr, int epoch, int lr_drop);
 

@@ -12,6 +12,11 @@ void trainer_init(Trainer *t, Detr *m, const OptimConfig *oc) {
     t->m = m;
     loss_weights_default(&t->lw);
     adamw_create(&t->opt, &m->ps, oc);
+    loss_scaler_init(&t->scaler, 0, 0);
+}
+
+void trainer_enable_loss_scaling(Trainer *t, double init_scale) {
+    loss_scaler_init(&t->scaler, 1, init_scale);
 }
 
 void trainer_free(Trainer *t) { adamw_destroy(&t->opt, &t->m->ps); }
@@ -67,8 +72,8 @@ int trainer_accum_micro(Trainer *t, const MicroBatch *mb, uint64_t seed, StepRes
     char msg[1024], terms[2048];
     DetrLosses part;
     detr_forward(m, mb->images, mb->mask, mb->B, mb->H, mb->W, 1, seed);
-    if (detr_loss_backward_partial(m, mb->targets, &t->lw, &t->norm, 1, 1.0, &part, msg,
-                                   sizeof(msg)) != 0) {
+    if (detr_loss_backward_partial(m, mb->targets, &t->lw, &t->norm, 1,
+                                   loss_scaler_scale(&t->scaler), &part, msg, sizeof(msg)) != 0) {
         const char *p = first_nonfinite(m, 0);
         snprintf(err, errlen, "step %d%s: %s (so no loss terms could be computed)%s%s", t->step + 1,
                  t->micro ? " (a later micro-batch)" : "", msg,
@@ -99,8 +104,20 @@ int trainer_accum_finish(Trainer *t, float lr, float lr_backbone, StepResult *re
         return -1;
     }
     prof_range_push(m->prof, PROF_PHASE_CLIP); /* the global norm; the scale is applied in AdamW */
-    double norm = grad_global_norm(&m->ps);
+    double scale = loss_scaler_scale(&t->scaler);
+    double norm = grad_global_norm(&m->ps) / scale; /* of the unscaled gradients */
     prof_range_pop(m->prof);
+    res->loss_scale = t->scaler.enabled ? scale : NAN;
+    if (!isfinite(norm) && t->scaler.enabled) { /* GradScaler: skip the update, back off */
+        loss_scaler_update(&t->scaler, 1);
+        res->skipped = 1;
+        res->grad_norm = NAN;
+        m->phase_s[PHASE_OPTIMIZER] = t->phase_s[PHASE_OPTIMIZER] = 0;
+        t->step++;
+        t->micro = 0;
+        res->seconds = timer_now() - t->t_begin;
+        return 0;
+    }
     if (!isfinite(norm)) {
         const char *g = first_nonfinite(m, 1);
         format_losses(&res->losses, terms, sizeof(terms));
@@ -111,8 +128,9 @@ int trainer_accum_finish(Trainer *t, float lr, float lr_backbone, StepResult *re
     res->grad_norm = norm;
     double t1 = timer_now();
     prof_range_push(m->prof, PROF_PHASE_OPTIMIZER);
-    adamw_step(&t->opt, &m->ps, lr, lr_backbone, norm);
+    adamw_step_unscale(&t->opt, &m->ps, lr, lr_backbone, norm, (float)(1.0 / scale));
     prof_range_pop(m->prof);
+    loss_scaler_update(&t->scaler, 0);
     m->phase_s[PHASE_OPTIMIZER] = t->phase_s[PHASE_OPTIMIZER] = timer_now() - t1;
     t->step++;
     t->micro = 0;

@@ -13,13 +13,15 @@
 #define DETR_TRAIN_H
 #include <stdint.h>
 #include "detr.h"
+#include "loss_scaler.h"
 #include "optim.h"
 
 typedef struct {
     Detr *m;
     AdamW opt;
     LossWeights lw;
-    int step;       /* completed steps */
+    LossScaler scaler; /* fp16 loss scaling (disabled unless trainer_enable_loss_scaling) */
+    int step;       /* completed steps (a step whose update the scaler skipped counts) */
     /* state of the step in progress (trainer_accum_*) */
     LossNormalisers norm;
     int micro;      /* micro-batches done in this step */
@@ -30,8 +32,10 @@ typedef struct {
 
 typedef struct {
     DetrLosses losses;    /* of the whole step (sum of the micro-batches' shares) */
-    double grad_norm;     /* before clipping */
+    double grad_norm;     /* before clipping (unscaled); NaN when the update was skipped */
     double seconds;       /* wall time of the step */
+    double loss_scale;    /* the loss scale this step used; NaN without loss scaling */
+    int skipped;          /* 1: gradients not finite under loss scaling, update skipped */
 } StepResult;
 
 /* One micro-batch: host images [B,3,H,W], mask [B,H,W] (1 = padding), targets [B]. */
@@ -43,6 +47,9 @@ typedef struct {
 } MicroBatch;
 
 void trainer_init(Trainer *t, Detr *m, const OptimConfig *oc);
+/* fp16: scales the loss by a dynamic factor (loss_scaler.h; init_scale <= 0: 65536). A step whose
+ * gradients are not finite is then skipped (no update, res->skipped = 1) instead of failing. */
+void trainer_enable_loss_scaling(Trainer *t, double init_scale);
 void trainer_free(Trainer *t);
 /* One step on a batch (host images [B,3,H,W], mask [B,H,W], targets [B]), with the given
  * learning rates. dropout seeds derive from seed. Returns 0, or -1 with err describing the

@@ -22,6 +22,7 @@
 #include "evaluate.h"
 #include "input_batch.h"
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include "mem.h"
 #include "timer.h"
@@ -155,6 +156,8 @@ static char *run_json(const TrainLoopConfig *c) {
     json_object_set_new(o, "crop", c->crop ? json_string(c->crop) : json_null());
     json_object_set_new(o, "group_by_aspect", json_integer(c->group_by_aspect));
     json_object_set_new(o, "max_pixels", json_integer(c->max_pixels));
+    if (c->amp != PRECISION_FP32) /* absent for float32: older checkpoints have no key */
+        json_object_set_new(o, "amp", json_string(c->amp == PRECISION_BF16 ? "bf16" : "fp16"));
     char *text = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     return text;
@@ -242,10 +245,14 @@ static void log_step(FILE *log, int step, int epoch, const StepResult *res, floa
     fprintf(log, "{\"step\":%d,\"epoch\":%d,\"loss\":%.6f,\"loss_ce\":%.6f,\"loss_bbox\":%.6f,"
             "\"loss_giou\":%.6f,\"class_error\":%.3f,\"grad_norm\":%.6f,\"lr\":%.3g,\"images\":%d,"
             "\"step_s\":%.4f,\"data_wait_s\":%.4f,\"images_per_s\":%.3f,\"batch_hw\":[%d,%d],"
-            "\"padded_fraction\":%.4f,\"skipped\":%d,\"mem_peak_bytes\":%zu,\"t\":%.4f}\n",
+            "\"padded_fraction\":%.4f,\"skipped\":%d,\"mem_peak_bytes\":%zu,\"t\":%.4f",
             step, epoch, res->losses.total, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
-            fin->class_error, res->grad_norm, lr, images, res->seconds, wait_s,
-            images / (res->seconds + wait_s), H, W, st->padded_fraction, st->skipped, ms.total_peak, t);
+            fin->class_error, isfinite(res->grad_norm) ? res->grad_norm : 0.0, lr, images, res->seconds,
+            wait_s, images / (res->seconds + wait_s), H, W, st->padded_fraction, st->skipped,
+            ms.total_peak, t);
+    if (isfinite(res->loss_scale)) /* fp16: the scale used, and whether the update was skipped */
+        fprintf(log, ",\"loss_scale\":%.17g,\"update_skipped\":%d", res->loss_scale, res->skipped);
+    fprintf(log, "}\n");
 }
 
 static int save_checkpoint(const TrainLoopConfig *c, Trainer *tr, int step, int epoch,
@@ -253,7 +260,9 @@ static int save_checkpoint(const TrainLoopConfig *c, Trainer *tr, int step, int 
     char err[8192];
     CheckpointState cs = {.step = step, .epoch = pos >= per_epoch ? epoch + 1 : epoch,
                           .batch_pos = pos >= per_epoch ? 0 : pos, .seed = c->seed, .lr = lr,
-                          .lr_backbone = lr_bb, .run_json = rj};
+                          .lr_backbone = lr_bb, .run_json = rj,
+                          .loss_scale = tr->scaler.enabled ? tr->scaler.scale : 0,
+                          .loss_scale_tracker = tr->scaler.growth_tracker};
     if (checkpoint_save(c->out, &cs, tr->m, &tr->opt, c->keep_last, err, sizeof(err)) != 0) {
         fprintf(stderr, "error: checkpoint at step %d not written: %s (the previous checkpoint is "
                 "intact)\n", step, err);
@@ -324,6 +333,8 @@ static void record_step(Prof *prof, const Trainer *tr, const StepResult *res, in
     r.lr = lr;
     r.lr_backbone = lr_bb;
     r.grad_norm = res->grad_norm;
+    r.loss_scale = res->loss_scale;
+    r.skipped = res->skipped;
     r.flops = 0;
     for (int p = 0; p < PHASE_N; p++) r.flops += tr->phase_flops[p];
     double padded = 0;
@@ -392,6 +403,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
     char *rj = run_json(c);
     Trainer tr;
     trainer_init(&tr, m, &c->oc);
+    if (c->amp == PRECISION_FP16) trainer_enable_loss_scaling(&tr, c->loss_scale_init);
     int step = 0, start_epoch = 0, rc = 0;
     int64_t start_pos = 0;
     if (c->resume) {
@@ -402,6 +414,10 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
             rc = 2;
         } else {
             tr.step = step = (int)cs.step;
+            if (tr.scaler.enabled && cs.loss_scale > 0) { /* the fp16 loss scale goes on */
+                tr.scaler.scale = cs.loss_scale;
+                tr.scaler.growth_tracker = (int)cs.loss_scale_tracker;
+            }
             start_epoch = cs.epoch;
             start_pos = cs.batch_pos;
             printf("resumed from %s: step %d, epoch %d, batch %lld\n", cs.path, step, start_epoch,
@@ -603,6 +619,9 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
         printf("trained %d steps in %.1f s (%.2f images/s; %.0f%% of the time in training steps)\n",
                steps_here, elapsed, steps_here * (double)c->batch * c->accum / elapsed,
                100.0 * t_train / elapsed);
+        if (tr.scaler.enabled)
+            printf("fp16 loss scaling: %lld of %d steps skipped (inf/NaN gradients), loss scale now %g\n",
+                   (long long)tr.scaler.skipped, steps_here, tr.scaler.scale);
         if (save_checkpoint(c, &tr, step, epoch, pos, per_epoch, lr, lr_bb, rj) != 0) rc = 1;
         snprintf(path, sizeof(path), "%s/model.safetensors", c->out);
         if (weights_save(m, path, err, sizeof(err)) != 0) {

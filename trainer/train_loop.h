@@ -44,6 +44,11 @@ typedef struct {
     /* --gpu-preprocess: the loader delivers uint8 batches, copied to the GPU on a copy stream
      * and normalised there (trainer/input_batch.h); needs device "cuda..." */
     int gpu_preprocess;
+    /* --amp: precision of the matrix products (backend.h Precision; the caller sets it on the
+     * backend). PRECISION_FP16 also scales the loss (loss_scaler.h) from loss_scale_init
+     * (<= 0: 65536). */
+    Precision amp;
+    double loss_scale_init;
 } TrainLoopConfig;
 
 /* Opens a split ("train" or "val"). Returns 0, 1 if the split does not exist (val only), or

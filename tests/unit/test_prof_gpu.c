@@ -597,6 +597,8 @@ static void test_migration(void) {
     int ok = sqlite3_exec(db, "DROP TABLE DETR_GPU_CORRELATION; DROP TABLE DETR_GPU_STEPS; "
                               "ALTER TABLE DETR_RUNS DROP COLUMN dropped_gpu_records; "
                               "ALTER TABLE DETR_RUNS DROP COLUMN cupti_dropped_records; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN loss_scale; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN skipped; "
                               "UPDATE META_DATA_EXPORT SET value = '1' WHERE name = 'DETR_SCHEMA_VERSION'; "
                               "PRAGMA user_version = 1", NULL, NULL, NULL) == SQLITE_OK;
     sqlite3_close(db);
@@ -605,11 +607,13 @@ static void test_migration(void) {
     CHECK("migration: a version-1 file is opened and migrated", p != NULL, "%s", err);
     if (p) prof_close(p, 0, err, sizeof(err));
     db = open_ro(path);
-    CHECK("migration: version 2, GPU tables and counters, both runs kept",
-          q_int(db, "PRAGMA user_version") == 2 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
+    CHECK("migration: latest version, GPU tables and counters, loss-scale columns, both runs kept",
+          q_int(db, "PRAGMA user_version") == PROF_SCHEMA_VERSION &&
+          q_int(db, "SELECT count(*) FROM pragma_table_info('DETR_STEPS') WHERE name IN "
+                    "('loss_scale', 'skipped')") == 2 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
           q_int(db, "SELECT sum(dropped_gpu_records + cupti_dropped_records) FROM DETR_RUNS") == 0 &&
           q_int(db, "SELECT count(*) FROM DETR_GPU_STEPS") == 0 &&
-          q_int(db, "SELECT value FROM META_DATA_EXPORT WHERE name = 'DETR_SCHEMA_VERSION'") == 2, "");
+          q_int(db, "SELECT value FROM META_DATA_EXPORT WHERE name = 'DETR_SCHEMA_VERSION'") == PROF_SCHEMA_VERSION, "");
     sqlite3_close(db);
 }
 

@@ -7,7 +7,7 @@
  *      bit for bit (compared as doubles in SQL, both runs in one database);
  *   3. SIGTERM mid-run: exit 143, a loadable checkpoint, the database closed as 'interrupted',
  *      and --resume continues from it;
- *   4. bad usage: unknown and conflicting flags, --amp on the CPU, an unwritable --db, a dataset
+ *   4. bad usage: unknown and conflicting flags, bad --amp / --loss-scale, an unwritable --db, a dataset
  *      that does not load: exit 2 before training, naming the problem. */
 #include <signal.h>
 #include <sqlite3.h>
@@ -217,7 +217,8 @@ static void test_bad_usage(void) {
         const char *name, *extra, *expect;
     } cases[] = {
         {"unknown flag", "--bogus-flag 3", "--bogus-flag"},
-        {"--amp on the CPU backend", "--amp bf16", "--amp"},
+        {"an unknown --amp precision", "--amp fp8", "--amp"},
+        {"--loss-scale without --amp fp16", "--amp bf16 --loss-scale 1024", "--loss-scale"},
         {"conflicting --data and --ann", "--ann /nonexistent.json --images /tmp", "--ann"},
         {"unwritable --db", "--profile --db /proc/detr-no-such/profile.sqlite", "/proc/detr-no-such"},
         {"a dataset that does not load", "--data /nonexistent-detr-dataset", "/nonexistent-detr-dataset"},
