@@ -173,7 +173,8 @@ static json_t *run_steps(Ctx *c, int64_t n_steps) {
         "avg(data_wait_ns) / 1e6 AS data_wait_ms, max(data_wait_ns) / 1e6 AS data_wait_ms_max, "
         "avg(h2d_ns) / 1e6 AS h2d_ms, avg(loss) AS loss, avg(lr) AS lr, avg(lr_backbone) AS lr_backbone, "
         "avg(grad_norm) AS grad_norm, max(grad_norm) AS grad_norm_max, avg(mfu) AS mfu, "
-        "avg(padded_fraction) AS padded_fraction "
+        "avg(padded_fraction) AS padded_fraction, min(loss_scale) AS loss_scale, "
+        "sum(skipped) AS skipped_updates "
         "FROM DETR_STEPS WHERE run_id = ?1 GROUP BY 1 ORDER BY 1");
 }
 
@@ -517,6 +518,8 @@ static json_t *run_summary(Ctx *c, int64_t n_steps) {
              "(SELECT min(step) FROM DETR_STEPS WHERE run_id = ?1) AS first_step, "
              "(SELECT max(step) FROM DETR_STEPS WHERE run_id = ?1) AS last_step, "
              "(SELECT max(end_ns) - min(start_ns) FROM DETR_STEPS WHERE run_id = ?1) AS steps_span_ns, "
+             "(SELECT sum(skipped) FROM DETR_STEPS WHERE run_id = ?1 AND loss_scale IS NOT NULL) AS skipped_updates, "
+             "(SELECT loss_scale FROM DETR_STEPS WHERE run_id = ?1 ORDER BY step DESC LIMIT 1) AS last_loss_scale, "
              "sum(images) * 1e9 / nullif(sum(wall_ns), 0) AS images_per_s, "
              "avg(wall_ns) / 1e6 AS step_ms_mean, "
              "sum(flops) * 1e9 / nullif(sum(wall_ns), 0) / "

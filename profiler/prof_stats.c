@@ -253,16 +253,33 @@ static int load_eval(sqlite3 *db, RunStats *s, char *err, size_t errlen) {
     return done(db, st, rc, err, errlen);
 }
 
+static int load_loss_scaling(sqlite3 *db, RunStats *s, char *err, size_t errlen) {
+    sqlite3_stmt *st = prepare_run(db, "SELECT count(loss_scale), total(skipped), (SELECT loss_scale FROM DETR_STEPS "
+                                       "WHERE run_id = ?1 ORDER BY step DESC LIMIT 1) FROM DETR_STEPS WHERE run_id = ?1 "
+                                       "AND loss_scale IS NOT NULL",
+                                   s->run_id, err, errlen);
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        s->loss_scaled_steps = sqlite3_column_int(st, 0);
+        s->skipped_updates = sqlite3_column_int64(st, 1);
+        s->last_loss_scale = col_or(st, 2, NAN);
+    }
+    return done(db, st, rc, err, errlen);
+}
+
 int run_stats_load(sqlite3 *db, int64_t run_id, int warmup, RunStats *s, char *err, size_t errlen) {
     memset(s, 0, sizeof(*s));
     s->run_id = run_id;
     s->eval_ap = s->eval_ap50 = NAN;
+    s->last_loss_scale = NAN;
     Window *windows = NULL;
     int64_t first_step = INT64_MAX;
     int rc = -1;
     if (load_header(db, s, err, errlen) == 0 && load_steps(db, s, warmup, &windows, &first_step, err, errlen) == 0 &&
         load_phases(db, s, windows, err, errlen) == 0 && load_memory(db, s, err, errlen) == 0 &&
-        load_loader(db, s, first_step, err, errlen) == 0 && load_eval(db, s, err, errlen) == 0) {
+        load_loader(db, s, first_step, err, errlen) == 0 && load_eval(db, s, err, errlen) == 0 &&
+        load_loss_scaling(db, s, err, errlen) == 0) {
         static const int p50 = 50, p90 = 90, p99 = 99;
         s->images_per_s = stats_metric(s, stats_fn_images_per_s, NULL);
         s->p50_ms = stats_metric(s, stats_fn_step_ms_pctl, &p50);

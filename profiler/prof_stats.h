@@ -48,6 +48,12 @@ typedef struct {
     double loader_wait_ms, loader_read_ms, loader_decode_ms, loader_augment_ms, loader_collate_ms;
     int64_t loader_skipped, loader_dropped_boxes, loader_bytes_read;
 
+    /* fp16 loss scaling (all steps, warm-up included): steps with a scale, updates skipped,
+     * the last step's scale (NaN: the run did not scale its loss) */
+    int loss_scaled_steps;
+    int64_t skipped_updates;
+    double last_loss_scale;
+
     /* the last evaluation */
     int n_evals, eval_epoch;
     int64_t eval_step;

@@ -103,6 +103,9 @@ static void print_loader(FILE *f, const RunStats *s) {
 }
 
 static void print_eval_and_records(FILE *f, const RunStats *s) {
+    if (s->loss_scaled_steps > 0)
+        fprintf(f, "fp16 loss scaling: %" PRId64 " of %d steps skipped their update (inf/NaN gradients); "
+                "loss scale at the last step %g\n\n", s->skipped_updates, s->loss_scaled_steps, s->last_loss_scale);
     if (s->n_evals > 0)
         fprintf(f, "evaluation (%d recorded): the last at epoch %d step %" PRId64 ": AP %.4f  AP50 %.4f\n\n", s->n_evals,
                 s->eval_epoch, s->eval_step, s->eval_ap, s->eval_ap50);
@@ -201,8 +204,13 @@ static json_t *summary_json(const char *db_path, const RunStats *s, double ips_n
                                 (json_int_t)s->dropped_ranges, "write_failed", (json_int_t)s->write_failed_records,
                                 "range_errors", (json_int_t)s->range_errors, "writer_cpu_ns",
                                 (json_int_t)s->writer_cpu_ns, "writer_error", jstr(s->writer_error));
-    return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "database", db_path, "run", run, "steps", steps,
-                     "phases", phases, "memory", memory, "loader", loader, "eval", eval, "records", records);
+    json_t *scaling = s->loss_scaled_steps ? json_pack("{s:i, s:I, s:o}", "steps", s->loss_scaled_steps,
+                                                       "skipped_updates", (json_int_t)s->skipped_updates,
+                                                       "last_loss_scale", jreal(s->last_loss_scale))
+                                           : json_null();
+    return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "database", db_path, "run", run, "steps", steps,
+                     "phases", phases, "memory", memory, "loader", loader, "eval", eval, "loss_scaling", scaling,
+                     "records", records);
 }
 
 static void usage(FILE *f) {

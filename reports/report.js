@@ -211,6 +211,7 @@
       ['step time p50 / p90 / p99', function (s) { return ms(s.step_ms_p50) + ' / ' + ms(s.step_ms_p90) + ' / ' + ms(s.step_ms_p99); }],
       ['MFU', function (s) { return pct(s.mfu, 2); }],
       ['loader wait share', function (s) { return pct(s.data_wait_fraction, 2); }],
+      ['fp16 skipped updates / loss scale now', function (s) { return num(s.last_loss_scale) === null ? '– (no loss scaling)' : s.skipped_updates + ' / ' + s.last_loss_scale; }],
       ['peak memory (tracked categories)', function (s) { return mib(s.peak_tracked_bytes) + (num(s.peak_total_bytes) !== null ? ' (total ' + mib(s.peak_total_bytes) + ')' : ''); }],
       ['peak process RSS', function (s) { return mib(s.peak_rss_bytes); }],
       ['AP last / best', function (s) { return fixed(s.last_ap, 4) + ' / ' + fixed(s.best_ap, 4); }],
@@ -357,6 +358,12 @@
     show('sec-training', 'chart-lr', lr);
     show('sec-training', 'chart-grad-norm', overlayChart(runs, 'steps', 'grad_norm', 'grad_norm_max',
       'Gradient norm (before clipping)', 'total gradient L2 norm'));
+    /* fp16 runs: the loss scale halves at each skipped update (inf/NaN gradients), doubles after
+     * 2000 clean steps; bucketed points show the bucket's smallest scale */
+    var scale = overlayChart(runs, 'steps', 'loss_scale', null, 'fp16 loss scale',
+      'loss scale (log)', function (v) { return v >= 1024 ? v.toExponential(0) : String(v); });
+    if (scale) scale.yAxis.type = 'log';
+    show('sec-training', 'chart-loss-scale', scale);
     var evalSeries = [];
     runs.forEach(function (run) {
       var e = run.eval;

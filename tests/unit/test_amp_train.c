@@ -7,7 +7,7 @@
  *      skipped, each halving the scale, until training proceeds; every step's scale follows the
  *      rule from the previous one (checked in SQL on the profile); skipped steps have no gradient
  *      norm and leave the weights bitwise unchanged (an all-skipped run ends at its --save-init
- *      weights);
+ *      weights); detr-prof summary counts them;
  *   3. fp16 --resume: the loss, gradient-norm and loss-scale sequences are bitwise those of the
  *      uninterrupted run (the scale and its growth tracker live in the checkpoint);
  *   4. --amp bf16: the first step's loss differs from float32's (the rounding happened) by less
@@ -132,6 +132,14 @@ static void test_fp16_overflow(void) {
     CHECK("fp16: skipped steps have no gradient norm, the others a finite one",
           q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE (skipped = 1) != (grad_norm IS NULL)") == 0, "see DETR_STEPS");
     sqlite3_close(db);
+    char cmd[1024], *out, *serr, want[160];
+    snprintf(cmd, sizeof(cmd), "%s/detr-prof summary %s/fp16/profile.sqlite", g_build, g_root);
+    rc = run_capture(g_root, cmd, &out, &serr);
+    snprintf(want, sizeof(want), "fp16 loss scaling: %lld of 40 steps skipped their update", (long long)skipped);
+    CHECK("fp16: detr-prof summary reports the skipped updates", rc == 0 && strstr(out, want), "want '%s': %.600s%s",
+          want, out, serr);
+    free(out);
+    free(serr);
 
     /* an all-skipped run leaves the weights exactly as initialised */
     snprintf(extra, sizeof(extra), "--amp fp16 --loss-scale 1e30 --steps 3 --save-init %s/init.safetensors "

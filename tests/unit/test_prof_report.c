@@ -109,7 +109,8 @@ static int make_real_db(char *db, size_t n) {
     CHECK("synthetic dataset", rc == 0, "rc=%d %s", rc, err);
     free(out), free(err);
     if (rc) return -1;
-    const char *variants[] = {"--batch 4 --epochs 2", "--batch 2 --epochs 1"};
+    /* run 2 in fp16 (emulated on the CPU): its loss scale gets a chart */
+    const char *variants[] = {"--batch 4 --epochs 2", "--batch 2 --epochs 1 --amp fp16"};
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof(cmd),
                  "%s/detr-train --data %s/ds --threads 1 %s --scales 64 --max-size 64 --resize-choices 48,56,64 "
@@ -308,7 +309,8 @@ static void write_expectations(sqlite3 *db, const char *path) {
         {"chart-loader-wait", "run 2", "SELECT wait_ns / 1e6 FROM DETR_LOADER WHERE run_id = 2 AND step = 2", 2},
         {"chart-losses-1", "loss_ce", "SELECT value FROM DETR_LOSSES WHERE run_id = 1 AND step = 5 AND name = 'loss_ce'", 5},
         {"chart-lr", "run 1", "SELECT lr FROM DETR_STEPS WHERE run_id = 1 AND step = 4", 4},
-        {"chart-grad-norm", "run 2", "SELECT grad_norm FROM DETR_STEPS WHERE run_id = 2 AND step = 2", 2},
+        {"chart-grad-norm", "run 1", "SELECT grad_norm FROM DETR_STEPS WHERE run_id = 1 AND step = 2", 2},
+        {"chart-loss-scale", "run 2", "SELECT loss_scale FROM DETR_STEPS WHERE run_id = 2 AND step = 2", 2},
         {"chart-eval", "AP50 (run 1)", "SELECT ap50 FROM DETR_EVAL WHERE run_id = 1 ORDER BY eval_id LIMIT 1", -1},
         {"chart-sweep-1-ips", "recommended", "SELECT images_per_s FROM DETR_SWEEP_TRIALS WHERE recommended = 1", 4},
         {"chart-sweep-1-mem", "off, accum 1, 2 workers", "SELECT peak_bytes FROM DETR_SWEEP_TRIALS WHERE batch = 2", 2},
@@ -323,10 +325,10 @@ static void write_expectations(sqlite3 *db, const char *path) {
                                           q1(db, "SELECT max(peak_bytes) FROM DETR_MEMORY WHERE run_id = 2 AND category = 'process_rss'")));
     json_array_append_new(bars, json_pack("{s:s, s:s, s:s, s:f}", "chart", "chart-gpu-kernels-2", "series", "total time (ms)",
                                           "category", "gemm_kernel", "y", 6.0));
-    json_t *charts = json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "chart-throughput", "chart-step-time", "chart-mfu",
+    json_t *charts = json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "chart-throughput", "chart-step-time", "chart-mfu",
                                "chart-phases-1", "chart-phases-2", "chart-phase-mean", "chart-memory-1", "chart-memory-2",
                                "chart-memory-peaks", "chart-loader-wait", "chart-queue-depth", "chart-loader-stages-1",
-                               "chart-loss-total", "chart-losses-1", "chart-lr", "chart-grad-norm", "chart-eval",
+                               "chart-loss-total", "chart-losses-1", "chart-lr", "chart-grad-norm", "chart-loss-scale", "chart-eval",
                                "chart-gpu-kernels-2", "chart-sweep-1-ips", "chart-sweep-1-mem");
     json_t *texts = json_pack("[s,s,s,s]", "void gemm_kernel<float, 128>(float const*, float*)", "Host-to-Device",
                               "batch 8 ran out of memory", "</script><script>alert(1)</script>");
@@ -421,7 +423,7 @@ static void test_large(sqlite3 *real) {
         " 1000000000000 + i * 50000000 + 40000000 + (i % 7) * 1000000, 40000000 + (i % 7) * 1000000, 100000, 0, 8, "
         " 10.0 / (1 + i / 1000.0), 1e-4, 1e-5, 1.5 + (i % 13) / 10.0, 8 / ((40000000 + (i % 7) * 1000000) * 1e-9), 4e9, 0.5, 0.05, "
         " '{\"loss_ce\":' || (1.0 / i) || ',\"loss_bbox\":0.5,\"loss_giou\":0.7,\"loss_ce_0\":1.1,\"loss_bbox_0\":0.6,"
-        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}' FROM s;"
+        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}', NULL, 0 FROM s;"
         "INSERT INTO DETR_PHASES SELECT 1, st.step, s.id, st.start_ns + (s.id - 100) * 3000000, 2000000 + s.id * 1000, 1, 4242 << 24 "
         " FROM DETR_STEPS st, StringIds s WHERE s.id > 100;"
         "INSERT INTO DETR_MEMORY SELECT 1, st.step, st.end_ns, c.name, 1000000 * c.k + st.step % 100, 2000000 * c.k "
