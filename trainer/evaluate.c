@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../dataloader/loader.h"
+#include "input_batch.h"
 #include "postprocess.h"
 #include "timer.h"
 
@@ -20,8 +21,19 @@ int evaluate_dataset(Detr *m, const Dataset *ds, CocoEval *gt, const EvalOptions
     transform_config_default(&lc.tf, 0);
     if (o->val_size > 0) lc.tf.val_size = o->val_size;
     if (o->max_size > 0) lc.tf.max_size = o->max_size;
+    lc.uint8_output = o->uint8_input;
+    lc.alloc_host = o->alloc_host;
+    lc.free_host = o->free_host;
     Loader *ld = loader_create(ds, &lc, err, errlen);
     if (!ld) return -1;
+    /* uint8 batches reach the model through its input hook (training's hook is put back after);
+     * with a CUDA device their copies run on the stager's copy stream */
+    InputBatch in;
+    InputBatchSet set = {&in, 1};
+    InputStager *stager = o->uint8_input && o->gpu_copies ? input_stager_create() : NULL;
+    DetrInputHook saved_hook = m->input_hook;
+    void *saved_ctx = m->input_ctx;
+    if (o->uint8_input) detr_set_input_hook(m, input_batch_set_images, &set);
     coco_eval_clear_detections(gt);
     int Q = m->cfg.queries, C1 = m->C1, rc = 0;
     int *labels = malloc((size_t)Q * sizeof(int));           /* [Q] */
@@ -38,7 +50,14 @@ int evaluate_dataset(Detr *m, const Dataset *ds, CocoEval *gt, const EvalOptions
             rc = -1;
             break;
         }
-        detr_forward(m, b->images, b->mask, b->B, b->H, b->W, 0, 0);
+        if (o->uint8_input) {
+            input_batch_from_loader(&in, b);
+            if (stager) input_batch_upload_async(&in, stager);
+            detr_forward(m, NULL, b->mask, b->B, b->H, b->W, 0, 0);
+            input_batch_wait_copied(&in); /* before the slot goes back to the loader */
+        } else {
+            detr_forward(m, b->images, b->mask, b->B, b->H, b->W, 0, 0);
+        }
         int L = m->L;
         for (int i = 0; i < b->B && rc == 0; i++) {
             /* the final decoder layer's predictions of image i */
@@ -54,6 +73,8 @@ int evaluate_dataset(Detr *m, const Dataset *ds, CocoEval *gt, const EvalOptions
         loader_release(ld, b);
     }
     loader_destroy(ld);
+    if (o->uint8_input) detr_set_input_hook(m, saved_hook, saved_ctx);
+    input_stager_destroy(stager);
     free(labels);
     free(scores);
     free(boxes);

@@ -65,7 +65,10 @@ static int run_eval(const TrainLoopConfig *c, Detr *m, const Dataset *val, CocoE
     char err[4096], path[4096];
     snprintf(path, sizeof(path), "%s/detections.json", c->out);
     EvalOptions eo = {.batch = c->batch, .workers = c->workers, .val_size = c->val_size,
-                      .max_size = c->max_size, .detections_out = path};
+                      .max_size = c->max_size, .detections_out = path,
+                      .uint8_input = c->gpu_preprocess, /* as training: normalised on the GPU */
+                      .gpu_copies = c->gpu_preprocess && c->device && strncmp(c->device, "cuda", 4) == 0,
+                      .alloc_host = c->alloc_host, .free_host = c->free_host};
     EvalSummary es;
     prof_range_push(prof, PROF_PHASE_EVAL);
     int erc = evaluate_dataset(m, val, gt, &eo, &es, err, sizeof(err));
