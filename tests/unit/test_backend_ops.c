@@ -14,7 +14,12 @@
  * harness itself is checked everywhere: deliberately broken copies of the CPU backend (an
  * overwriting backward, a write past the end, an unwritten element) must be caught.
  * DETR_BACKEND_OPS_SELF=1 runs the whole suite with the CPU backend in the CUDA role (a dry
- * run of the harness, e.g. under AddressSanitizer). */
+ * run of the harness, e.g. under AddressSanitizer).
+ * Mixed precision (backend.h, Precision): the matrix-product ops (convolutions, gemm, linear)
+ * run again with both backends set to bf16 and then fp16 (the CPU emulates the low types), with
+ * thresholds of the low types (TOL_BF16, TOL_FP16), and their forward outputs must hold only
+ * values of the low type (rounded results); a last check makes sure bf16 really changes the
+ * numbers (tested backend in bf16 vs the CPU in fp32 differ by more than TOL_GEMM). */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,6 +54,17 @@
 #define TOL_ROW 1e-5
 #define TOL_ROW_BWD 5e-5
 #define TOL_GEMM 1e-4
+/* TOL_BF16, TOL_FP16: the matrix products with both backends at the same low precision. Both
+ *   round the same operands to the same low values (round to nearest even on both), sum the
+ *   products in float32 in different orders (~1e-6 relative apart) and round the sum: the two
+ *   results are equal or, where the sum lies near a rounding boundary, neighbours one unit in the
+ *   last place (ulp) apart. cuDNN algorithms that add rounded partial results (atomic split
+ *   sums, a bias blended after a store) can add a second ulp. One ulp of an element is at most
+ *   2^-7 = 7.8e-3 of the largest |output| in bf16 (8 significant bits) and 2^-10 = 9.8e-4 in
+ *   fp16 (11 bits); two ulps plus margin gives 2e-2 and 2.5e-3. A wrong index, layout or a
+ *   missed accumulate is still O(1); a missed output rounding is caught by BufSpec.low_exact. */
+#define TOL_BF16 2e-2
+#define TOL_FP16 2.5e-3
 
 #define GUARD_BYTES 256        /* keeps the payload 256-byte aligned, as cudaMalloc's */
 #define GUARD_PATTERN 0xA5     /* as a float: -2.9e-16, a value no op produces by chance */
@@ -58,6 +74,13 @@
 /* random inputs                                                                              */
 
 static uint64_t g_seed = 1234;
+
+/* Mixed precision: the precision each side runs at (set before every run, see run_case), a tag
+ * that prefixes the case names, and the threshold of the matrix-product suites (conv, gemm,
+ * linear), TOL_GEMM in fp32. */
+static Precision g_ref_precision = PRECISION_FP32, g_test_precision = PRECISION_FP32;
+static const char *g_case_tag = "";
+static double g_tol_matmul = TOL_GEMM;
 
 static float *rand_floats(size_t n, float lo, float hi) {
     float *p = malloc((n ? n : 1) * sizeof(float));
@@ -91,6 +114,8 @@ typedef struct {
     int delta;         /* compare out - init (accumulating outputs) */
     double tol;        /* BUF_F32 outputs: threshold; BUF_I32 outputs are compared exactly */
     int zeros_exact;   /* the positions of exact zeros must match (dropout masks) */
+    int low_exact;     /* when the tested side runs at bf16/fp16: every element must be a value
+                        * of that type (a forward output of a matrix product is rounded) */
 } BufSpec;
 
 #define MAX_BUFS 12
@@ -114,9 +139,11 @@ static void case_init(OpCase *c, OpCall call, const void *params, const char *fm
     memset(c, 0, sizeof *c);
     c->call = call;
     c->params = params;
+    const int tag = snprintf(c->name, sizeof c->name, "%s", g_case_tag);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->name, sizeof c->name, fmt, ap);
+    if (tag >= 0 && (size_t)tag < sizeof c->name)
+        vsnprintf(c->name + tag, sizeof c->name - (size_t)tag, fmt, ap);
     va_end(ap);
 }
 
@@ -250,12 +277,42 @@ static double compare_f32(const float *out, const float *ref, const float *init,
     return md / (mb + 1e-6);
 }
 
+/* The precision of the matrix products of be (a backend without the slot is fp32 only; the
+ * mixed-precision suite does not run with one). */
+static void set_backend_precision(const Backend *be, Precision p) {
+    if (be->set_precision) be->set_precision(p);
+}
+
+static const char *precision_name(Precision p) {
+    return p == PRECISION_BF16 ? "bf16" : p == PRECISION_FP16 ? "fp16" : "fp32";
+}
+
+/* 1 when x is exactly a value of p's type (fp32: always). */
+static int representable(float x, Precision p) {
+    if (p == PRECISION_BF16) {
+        uint32_t u;
+        memcpy(&u, &x, sizeof u);
+        return (u & 0xFFFFu) == 0;
+    }
+    if (p == PRECISION_FP16) return (float)(_Float16)x == x;
+    return 1;
+}
+
+/* Runs c on ref (at g_ref_precision) and on test (at g_test_precision); the two may be the same
+ * backend, since each run sets its precision first. */
+static void run_both(const OpCase *c, const Backend *ref, const Backend *test, CaseResult *rr,
+                     CaseResult *rt) {
+    set_backend_precision(ref, g_ref_precision);
+    run_on(ref, c, rr);
+    set_backend_precision(test, g_test_precision);
+    run_on(test, c, rt);
+}
+
 /* Runs c on ref and on test and checks every output. report: one CHECK per output (and one for
  * the guards); otherwise silent. Returns the number of failed checks. */
 static int run_case(const OpCase *c, const Backend *ref, const Backend *test, int report) {
     CaseResult rr, rt;
-    run_on(ref, c, &rr);
-    run_on(test, c, &rt);
+    run_both(c, ref, test, &rr, &rt);
     int failures = 0;
     char label[256];
     for (int i = 0; i < c->nbuf; i++) {
@@ -282,6 +339,18 @@ static int run_case(const OpCase *c, const Backend *ref, const Backend *test, in
                 snprintf(why, sizeof why,
                          "normalised error %.3g (threshold %.1g)%s; %zu zero positions differ",
                          err, b->tol, isinf(err) ? ", NaN/Inf in an output" : "", zm);
+            if (ok && b->low_exact && g_test_precision != PRECISION_FP32) {
+                const float *o = rt.host[i];
+                size_t bad = 0, first = 0;
+                for (size_t e = 0; e < b->count; e++)
+                    if (!representable(o[e], g_test_precision) && bad++ == 0) first = e;
+                ok = bad == 0;
+                if (!ok)
+                    snprintf(why, sizeof why,
+                             "%zu of %zu elements are not %s values (first at %zu: %.9g): the "
+                             "result was not rounded to the low type",
+                             bad, b->count, precision_name(g_test_precision), first, o[first]);
+            }
         }
         if (report) CHECK(label, ok, "%s", why);
         failures += !ok;
@@ -535,15 +604,15 @@ static void suite_conv(void) {
             in_f(&c, "x", rand_floats(nx, -1, 1), nx);
             in_f(&c, "w", rand_floats(nw, -1, 1), nw);
             if (with_bias) in_f(&c, "bias", rand_floats(s.Cout, -1, 1), s.Cout);
-            out_f(&c, "y", ny, TOL_GEMM);
+            out_f(&c, "y", ny, g_tol_matmul)->low_exact = 1;
             check_case(&c);
 
             case_init(&c, call_conv_bwd_weight, &prm, "conv2d_backward_weight %s dbias=%d", shape,
                       with_bias);
             in_f(&c, "dy", rand_floats(ny, -1, 1), ny);
             in_f(&c, "x", rand_floats(nx, -1, 1), nx);
-            acc_f(&c, "dw", nw, TOL_GEMM);
-            if (with_bias) acc_f(&c, "dbias", s.Cout, TOL_GEMM);
+            acc_f(&c, "dw", nw, g_tol_matmul);
+            if (with_bias) acc_f(&c, "dbias", s.Cout, g_tol_matmul);
             check_case(&c);
         }
         ConvParams prm = {s, 0};
@@ -551,7 +620,7 @@ static void suite_conv(void) {
         case_init(&c, call_conv_bwd_data, &prm, "conv2d_backward_data %s", shape);
         in_f(&c, "dy", rand_floats(ny, -1, 1), ny);
         in_f(&c, "w", rand_floats(nw, -1, 1), nw);
-        acc_f(&c, "dx", nx, TOL_GEMM);
+        acc_f(&c, "dx", nx, g_tol_matmul);
         check_case(&c);
     }
 }
@@ -656,7 +725,9 @@ static void suite_gemm(void) {
                 in_f(&c, "B", rand_floats(nb, -1, 1), nb);
                 /* C starts random (beta may be 0: then its contents are ignored, but the
                  * padding between rows and matrices must stay as it was) */
-                inout_f(&c, "C (with padding)", rand_floats(nc, -1, 1), nc, TOL_GEMM);
+                /* without padding and with beta 0 every element of C is a rounded product */
+                inout_f(&c, "C (with padding)", rand_floats(nc, -1, 1), nc, g_tol_matmul)
+                    ->low_exact = pad == 0 && g.beta == 0.0f;
                 check_case(&c);
             }
 }
@@ -693,7 +764,7 @@ static void suite_linear(void) {
             in_f(&c, "x", rand_floats(nx, -1, 1), nx);
             in_f(&c, "w", rand_floats(nw, -1, 1), nw);
             if (l.with_bias) in_f(&c, "b", rand_floats(l.O, -1, 1), l.O);
-            out_f(&c, "y", ny, TOL_GEMM);
+            out_f(&c, "y", ny, g_tol_matmul)->low_exact = 1;
             check_case(&c);
 
             case_init(&c, call_linear_bwd, &l, "linear_backward T=%d In=%d O=%d dx=%d dw=%d db=%d",
@@ -701,9 +772,9 @@ static void suite_linear(void) {
             in_f(&c, "dy", rand_floats(ny, -1, 1), ny);
             in_f(&c, "x", rand_floats(nx, -1, 1), nx);
             in_f(&c, "w", rand_floats(nw, -1, 1), nw);
-            if (l.want_dx) acc_f(&c, "dx", nx, TOL_GEMM);
-            if (l.want_dw) acc_f(&c, "dw", nw, TOL_GEMM);
-            if (l.with_bias) acc_f(&c, "db", l.O, TOL_GEMM);
+            if (l.want_dx) acc_f(&c, "dx", nx, g_tol_matmul);
+            if (l.want_dw) acc_f(&c, "dw", nw, g_tol_matmul);
+            if (l.with_bias) acc_f(&c, "db", l.O, g_tol_matmul);
             check_case(&c);
         }
 }
@@ -977,6 +1048,129 @@ static void suite_adamw(void) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* mixed precision: the matrix products at bf16 / fp16 on both sides                          */
+
+/* Largest normalised error over c's float outputs (INFINITY on NaN/Inf), at the precisions
+ * g_ref_precision / g_test_precision. */
+static double max_output_error(const OpCase *c, const Backend *ref, const Backend *test) {
+    CaseResult rr, rt;
+    run_both(c, ref, test, &rr, &rt);
+    double worst = 0.0;
+    for (int i = 0; i < c->nbuf; i++) {
+        const BufSpec *b = &c->buf[i];
+        if (!b->is_out || b->kind != BUF_F32) continue;
+        size_t zm = 0;
+        const double e = compare_f32(rt.host[i], rr.host[i], b->init, b->count, b->delta, &zm);
+        if (!(e <= worst)) worst = e; /* also takes INFINITY */
+    }
+    result_free(&rr, c->nbuf);
+    result_free(&rt, c->nbuf);
+    return worst;
+}
+
+/* A case run only to see that bf16 changes the numbers: its error against the fp32 CPU must be
+ * above TOL_GEMM (the fp32 agreement), else the low precision was not applied. */
+static void check_low_precision_changes(OpCase *c) {
+    const double err = max_output_error(c, g_ref, g_test);
+    CHECK(c->name, isfinite(err) && err > TOL_GEMM,
+          "normalised error %.3g against the fp32 CPU: not above the fp32 threshold %.1g, so "
+          "set_precision(bf16) did not change the result",
+          err, TOL_GEMM);
+    case_free(c);
+}
+
+static void suite_mixed_precision(void) {
+    if (!g_ref->set_precision || !g_test->set_precision) {
+        test_skip("mixed precision (bf16, fp16): conv, gemm, linear",
+                  "a backend has no set_precision slot (backend_cpu()'s comes with "
+                  "backend_cpu_amp.c)");
+        return;
+    }
+    static const struct { Precision p; const char *tag; double tol; } LOW[] = {
+        {PRECISION_BF16, "[bf16] ", TOL_BF16},
+        {PRECISION_FP16, "[fp16] ", TOL_FP16},
+    };
+    for (size_t k = 0; k < sizeof LOW / sizeof LOW[0]; k++) {
+        g_ref_precision = g_test_precision = LOW[k].p;
+        g_case_tag = LOW[k].tag;
+        g_tol_matmul = LOW[k].tol;
+        suite_conv();
+        suite_gemm();
+        suite_linear();
+    }
+
+    /* bf16 on the tested side, fp32 on the CPU: the results must differ by more than fp32's
+     * threshold (bf16 rounds every operand and result to 8 significant bits: ~1e-3..1e-2) */
+    static char tag[96];
+    snprintf(tag, sizeof tag, "[%s bf16 vs %s fp32: differs] ", g_test->name, g_ref->name);
+    g_ref_precision = PRECISION_FP32;
+    g_test_precision = PRECISION_BF16;
+    g_case_tag = tag;
+    g_tol_matmul = TOL_GEMM;
+    OpCase c;
+
+    GemmParams g = {.M = 64, .N = 48, .K = 100, .lda = 100, .ldb = 48, .ldc = 48, .batch = 1,
+                    .alpha = 1.0f, .beta = 0.0f};
+    case_init(&c, call_gemm, &g, "gemm M=64 N=48 K=100");
+    in_f(&c, "A", rand_floats(64 * 100, -1, 1), 64 * 100);
+    in_f(&c, "B", rand_floats(100 * 48, -1, 1), 100 * 48);
+    inout_f(&c, "C", rand_floats(64 * 48, -1, 1), 64 * 48, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    LinearParams l = {.T = 200, .In = 256, .O = 92, .with_bias = 1, .want_dx = 1, .want_dw = 1};
+    const size_t nx = (size_t)l.T * l.In, nw = (size_t)l.O * l.In, ny = (size_t)l.T * l.O;
+    case_init(&c, call_linear_fwd, &l, "linear_forward T=200 In=256 O=92");
+    in_f(&c, "x", rand_floats(nx, -1, 1), nx);
+    in_f(&c, "w", rand_floats(nw, -1, 1), nw);
+    in_f(&c, "b", rand_floats(l.O, -1, 1), l.O);
+    out_f(&c, "y", ny, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    case_init(&c, call_linear_bwd, &l, "linear_backward T=200 In=256 O=92");
+    in_f(&c, "dy", rand_floats(ny, -1, 1), ny);
+    in_f(&c, "x", rand_floats(nx, -1, 1), nx);
+    in_f(&c, "w", rand_floats(nw, -1, 1), nw);
+    acc_f(&c, "dx", nx, TOL_GEMM);
+    acc_f(&c, "dw", nw, TOL_GEMM);
+    acc_f(&c, "db", l.O, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    ConvShape s = {.B = 4, .Cin = 32, .H = 8, .W = 8, .Cout = 32, .kh = 3, .kw = 3, .stride = 1,
+                   .pad = 1, .dil = 1};
+    conv_shape_init(&s);
+    const size_t cx = (size_t)s.Cin * s.B * s.H * s.W, cy = (size_t)s.Cout * s.B * s.Ho * s.Wo;
+    const size_t cw = (size_t)s.Cout * s.Cin * s.kh * s.kw;
+    ConvParams cp = {s, 1};
+    case_init(&c, call_conv_fwd, &cp, "conv2d_forward B=4 Cin=32 8x8 Cout=32 k=3x3 p=1");
+    in_f(&c, "x", rand_floats(cx, -1, 1), cx);
+    in_f(&c, "w", rand_floats(cw, -1, 1), cw);
+    in_f(&c, "bias", rand_floats(s.Cout, -1, 1), s.Cout);
+    out_f(&c, "y", cy, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    case_init(&c, call_conv_bwd_data, &cp, "conv2d_backward_data B=4 Cin=32 8x8 Cout=32 k=3x3 p=1");
+    in_f(&c, "dy", rand_floats(cy, -1, 1), cy);
+    in_f(&c, "w", rand_floats(cw, -1, 1), cw);
+    acc_f(&c, "dx", cx, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    case_init(&c, call_conv_bwd_weight, &cp,
+              "conv2d_backward_weight B=4 Cin=32 8x8 Cout=32 k=3x3 p=1");
+    in_f(&c, "dy", rand_floats(cy, -1, 1), cy);
+    in_f(&c, "x", rand_floats(cx, -1, 1), cx);
+    acc_f(&c, "dw", cw, TOL_GEMM);
+    acc_f(&c, "dbias", s.Cout, TOL_GEMM);
+    check_low_precision_changes(&c);
+
+    /* back to fp32 for everything that follows (and for other users of the backends) */
+    g_ref_precision = g_test_precision = PRECISION_FP32;
+    set_backend_precision(g_ref, PRECISION_FP32);
+    set_backend_precision(g_test, PRECISION_FP32);
+    g_case_tag = "";
+    g_tol_matmul = TOL_GEMM;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* the harness must be able to fail: broken copies of the CPU backend                          */
 
 static const Backend *g_cpu_ops;
@@ -994,6 +1188,53 @@ static void relu_forward_skips_last(const float *x, float *y, size_t n) {
 }
 static void dropout_forward_other_mask(const float *x, float *y, size_t n, float p, uint64_t seed) {
     g_cpu_ops->dropout_forward(x, y, n, p, seed + 1); /* a different (but valid) mask */
+}
+/* Mixed precision: a linear forward that computes in fp32 whatever the precision (its output is
+ * close to the bf16 one but not rounded), and a set_precision that does nothing. */
+static void linear_forward_in_fp32(const float *x, const float *w, const float *b, float *y, int T,
+                                   int In, int O) {
+    g_cpu_ops->set_precision(PRECISION_FP32);
+    g_cpu_ops->linear_forward(x, w, b, y, T, In, O);
+    g_cpu_ops->set_precision(g_test_precision);
+}
+static void set_precision_ignored(Precision p) { (void)p; }
+
+/* The two mixed-precision checks catch broken backends: the low_exact check an unrounded bf16
+ * output, the "differs" check a backend that ignores set_precision. Needs the CPU emulation. */
+static void harness_mixed_precision_checks(void) {
+    if (!backend_cpu()->set_precision) {
+        test_skip("harness: mixed-precision checks catch broken backends",
+                  "backend_cpu() has no set_precision slot");
+        return;
+    }
+    Backend unrounded = *backend_cpu(), deaf = *backend_cpu();
+    unrounded.linear_forward = linear_forward_in_fp32;
+    deaf.set_precision = set_precision_ignored;
+    LinearParams l = {.T = 33, .In = 64, .O = 20, .with_bias = 1};
+    const size_t nx = (size_t)l.T * l.In, nw = (size_t)l.O * l.In, ny = (size_t)l.T * l.O;
+    OpCase c;
+    case_init(&c, call_linear_fwd, &l, "harness: linear_forward bf16");
+    in_f(&c, "x", rand_floats(nx, -1, 1), nx);
+    in_f(&c, "w", rand_floats(nw, -1, 1), nw);
+    in_f(&c, "b", rand_floats(l.O, -1, 1), l.O);
+    out_f(&c, "y", ny, TOL_BF16)->low_exact = 1;
+
+    g_ref_precision = g_test_precision = PRECISION_BF16;
+    int correct = run_case(&c, backend_cpu(), backend_cpu(), 0);
+    int caught = run_case(&c, backend_cpu(), &unrounded, 0);
+    CHECK("harness: catches a bf16 forward whose output is not rounded to bf16",
+          correct == 0 && caught > 0, "failures: correct %d, broken %d", correct, caught);
+
+    g_ref_precision = PRECISION_FP32; /* the "differs" check: test bf16 against ref fp32 */
+    const double err_correct = max_output_error(&c, backend_cpu(), backend_cpu());
+    const double err_deaf = max_output_error(&c, backend_cpu(), &deaf);
+    CHECK("harness: catches a set_precision that changes nothing (bf16 vs fp32 must differ)",
+          err_correct > TOL_GEMM && !(err_deaf > TOL_GEMM),
+          "bf16 vs fp32 error: correct %.3g, ignoring set_precision %.3g (threshold %.1g)",
+          err_correct, err_deaf, TOL_GEMM);
+    case_free(&c);
+    g_ref_precision = g_test_precision = PRECISION_FP32;
+    set_backend_precision(backend_cpu(), PRECISION_FP32);
 }
 
 static void harness_self_checks(void) {
@@ -1044,6 +1285,8 @@ static void harness_self_checks(void) {
     case_free(&c);
     CHECK("harness: catches a dropout mask that differs from the CPU's",
           correct == 0 && caught > 0, "failures: correct %d, broken %d", correct, caught);
+
+    harness_mixed_precision_checks();
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1064,6 +1307,7 @@ static void skip_all(const char *why) {
         snprintf(name, sizeof name, "cuda vs cpu: %s", ALL_OPS[i]);
         test_skip(name, why);
     }
+    test_skip("cuda vs cpu: mixed precision (bf16, fp16): conv, gemm, linear", why);
 }
 
 /* Every function slot of the table is set (the struct is a name then only function
@@ -1093,6 +1337,7 @@ static void run_suite(void) {
     suite_attention();
     suite_reductions();
     suite_adamw();
+    suite_mixed_precision();
 }
 
 int main(void) {

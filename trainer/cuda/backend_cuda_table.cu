@@ -1,7 +1,8 @@
 /* backend_cuda_table.cu - backend_cuda(): every slot of the Backend table (backend.h) pointing at
- * the CUDA implementation: memory from backend_cuda.cu, convolutions from cuda_conv.cu, dense ops
- * from cuda_dense.cu, the rest from cuda_kernels_*.cu. Slots are assigned one by one (C++17 has
- * no designated initialisers) in a function-local static, initialised once, thread-safely. */
+ * the CUDA implementation: memory from backend_cuda.cu, the precision from cuda_amp.cu,
+ * convolutions from cuda_conv.cu, dense ops from cuda_dense.cu, the rest from cuda_kernels_*.cu.
+ * Slots are assigned one by one (C++17 has no designated initialisers) in a function-local
+ * static, initialised once, thread-safely. */
 #include "backend_cuda.h"
 #include "backend_cuda_table.h"
 #include "cuda_ops.h"
@@ -19,10 +20,13 @@ static Backend make_cuda_backend(void) {
     b.copy = cuda_copy;
     b.fill = cuda_fill;
     b.synchronize = cuda_synchronize;
+    /* mixed precision of the matrix products (cuda_amp.cu); the six matrix-product slots go
+     * through cuda_amp_*, which call the float32 ops unchanged at PRECISION_FP32 */
+    b.set_precision = cuda_set_precision;
     /* convolution (cuDNN) */
-    b.conv2d_forward = cuda_conv2d_forward;
-    b.conv2d_backward_data = cuda_conv2d_backward_data;
-    b.conv2d_backward_weight = cuda_conv2d_backward_weight;
+    b.conv2d_forward = cuda_amp_conv2d_forward;
+    b.conv2d_backward_data = cuda_amp_conv2d_backward_data;
+    b.conv2d_backward_weight = cuda_amp_conv2d_backward_weight;
     /* per-channel affine */
     b.channel_affine = cuda_channel_affine;
     b.channel_affine_backward = cuda_channel_affine_backward;
@@ -41,9 +45,9 @@ static Backend make_cuda_backend(void) {
     b.maxpool_forward = cuda_maxpool_forward;
     b.maxpool_backward = cuda_maxpool_backward;
     /* dense (cuBLAS + own kernels) */
-    b.gemm = cuda_gemm;
-    b.linear_forward = cuda_linear_forward;
-    b.linear_backward = cuda_linear_backward;
+    b.gemm = cuda_amp_gemm; /* cuda_gemm itself stays float32: attention calls it */
+    b.linear_forward = cuda_amp_linear_forward;
+    b.linear_backward = cuda_amp_linear_backward;
     b.transpose = cuda_transpose;
     /* normalisation, softmax */
     b.layernorm_forward = cuda_layernorm_forward;

@@ -28,11 +28,37 @@
  *
  * Semantics as backend.h: forward overwrites y (beta = 0) then adds the bias (own kernel);
  * backward data and filter ACCUMULATE (beta = 1); dbias += row sums of dy [Cout, B*Ho*Wo]
- * (own reduction kernel). One cudnnHandle bound to cuda_stream(); everything is asynchronous. */
+ * (own reduction kernel). One cudnnHandle bound to cuda_stream(); everything is asynchronous.
+ *
+ * Mixed precision (cuda_amp_conv2d_*, the table's slots; backend.h Precision). At
+ * PRECISION_FP32 they call the float32 functions above, unchanged. At bf16 / fp16 the operands
+ * are rounded into low-precision scratch (cuda_amp.cu) and cuDNN runs its PSEUDO_BFLOAT16 /
+ * PSEUDO_HALF configuration: x, w, y descriptors in CUDNN_DATA_BFLOAT16 / CUDNN_DATA_HALF, the
+ * convolution descriptor's compute type CUDNN_DATA_FLOAT (products summed in float32, the
+ * result rounded once to the low type when cuDNN stores it), heuristics asked under
+ * CUDNN_TENSOR_OP_MATH. The legacy API has no configuration with a low-precision x and a
+ * float32 y, so every output is a low-precision scratch tensor that an own kernel converts into
+ * the float32 buffer (written for forward, added for the backward ops: exact, the rounding is
+ * cuDNN's). The forward bias is rounded and written into that output first and the convolution
+ * runs with beta = 1: with the float compute type the blend alpha*conv + beta*y happens in float32
+ * before the store, so y = round(conv + round(bias)) with one rounding, as on the CPU (an
+ * algorithm that blended after a store would round twice, one low-precision ulp at most; not
+ * verified per algorithm without a GPU). dbias += round(row sums of round(dy)) by own kernels.
+ *   Layouts as for float32: the strided CNHW descriptors first (cuDNN documents the implicit-
+ * GEMM algorithms for these configurations on any strides), the packed NCHW path when cuDNN
+ * offers nothing there; in low precision the permute is folded into the conversions (fp32 CNHW
+ * -> low NCHW and back), so the packed path costs no extra pass.
+ *   Algorithms: only the ones that sum products of the rounded operands run first: forward
+ * IMPLICIT_GEMM / IMPLICIT_PRECOMP_GEMM / GEMM, backward data ALGO_1, backward filter ALGO_1;
+ * then the same kind with atomic partial sums (backward ALGO_0, filter ALGO_3); transform
+ * algorithms (FFT, Winograd), whose transformed operands are rounded again, only if nothing else
+ * runs. Within a tier, strided before packed and cuDNN's ranking. The plan cache is keyed on the
+ * shape and the data type. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <algorithm>
 #include <array>
 #include <map>
 #include <mutex>
@@ -41,6 +67,7 @@
 #include <cudnn.h>
 #include "backend_cuda.h"
 #include "cuda_check.h"
+#include "cuda_kernels_internal.h"
 #include "cuda_ops.h"
 
 enum ConvDir { DIR_FWD = 0, DIR_BWD_DATA = 1, DIR_BWD_FILTER = 2, DIR_COUNT = 3 };
@@ -59,8 +86,9 @@ typedef struct {
     size_t ws_bytes;
 } ConvCandidate;
 
-/* Everything cuDNN needs for one ConvShape. */
+/* Everything cuDNN needs for one ConvShape in one data type. */
 typedef struct {
+    Precision prec;     /* data type of x, w, y: fp32, or bf16 / fp16 (PSEUDO_* configs) */
     cudnnTensorDescriptor_t x_desc[2], y_desc[2]; /* [0] strided CNHW, [1] packed NCHW */
     cudnnFilterDescriptor_t w_desc;
     cudnnConvolutionDescriptor_t conv_desc;
@@ -72,7 +100,7 @@ typedef struct {
     size_t chosen[DIR_COUNT];
 } ConvPlan;
 
-typedef std::array<int, 11> ConvKey;
+typedef std::array<int, 11> ConvKey; /* the ten geometry fields, then the Precision */
 
 static std::mutex g_conv_lock;
 static std::map<ConvKey, ConvPlan *> g_plans; /* lives until the process exits */
@@ -135,39 +163,52 @@ static void conv_check_shape(const char *op, const ConvShape *s) {
                                 "descriptors: split the batch");
 }
 
-static ConvKey conv_key(const ConvShape *s) {
-    return ConvKey{s->B, s->Cin, s->H, s->W, s->Cout, s->kh, s->kw, s->stride, s->pad, s->dil, 0};
+static ConvKey conv_key(const ConvShape *s, Precision prec) {
+    return ConvKey{s->B,   s->Cin,    s->H,   s->W,   s->Cout,  s->kh,
+                   s->kw,  s->stride, s->pad, s->dil, (int)prec};
+}
+
+/* cuDNN's element type for a precision (fp32 for PRECISION_FP32). */
+static cudnnDataType_t cudnn_data_type(Precision prec) {
+    return prec == PRECISION_BF16   ? CUDNN_DATA_BFLOAT16
+           : prec == PRECISION_FP16 ? CUDNN_DATA_HALF
+                                    : CUDNN_DATA_FLOAT;
 }
 
 /* [C, B, H, W] as cuDNN's (N=B, C, H, W): strided (CNHW in memory) or packed NCHW. With B = 1
  * the two are the same bytes, and the packed form avoids equal n and c strides. Returns cuDNN's
  * status: a refusal of the strided form only rules that layout out. */
-static cudnnStatus_t set_image_desc(cudnnTensorDescriptor_t d, int packed, int C, int B, int H,
-                                    int W) {
+static cudnnStatus_t set_image_desc(cudnnTensorDescriptor_t d, cudnnDataType_t type, int packed,
+                                    int C, int B, int H, int W) {
     if (packed || B == 1)
-        return cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B, C, H, W);
-    return cudnnSetTensor4dDescriptorEx(d, CUDNN_DATA_FLOAT, B, C, H, W,
+        return cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, type, B, C, H, W);
+    return cudnnSetTensor4dDescriptorEx(d, type, B, C, H, W,
                                         /*nStride*/ H * W, /*cStride*/ B * H * W,
                                         /*hStride*/ W, /*wStride*/ 1);
 }
 
-static ConvPlan *plan_create(const ConvShape *s) {
+/* The plan of shape s in data type prec. The convolution's compute type is always
+ * CUDNN_DATA_FLOAT: FLOAT_CONFIG for fp32, PSEUDO_BFLOAT16_CONFIG / PSEUDO_HALF_CONFIG for the
+ * low types (float32 accumulation, as the CPU emulation). */
+static ConvPlan *plan_create(const ConvShape *s, Precision prec) {
     ConvPlan *p = new ConvPlan();
+    p->prec = prec;
+    const cudnnDataType_t type = cudnn_data_type(prec);
     for (int l = 0; l < 2; l++) {
         cudnnCheck(cudnnCreateTensorDescriptor(&p->x_desc[l]));
         cudnnCheck(cudnnCreateTensorDescriptor(&p->y_desc[l]));
     }
-    cudnnCheck(set_image_desc(p->x_desc[1], 1, s->Cin, s->B, s->H, s->W));
-    cudnnCheck(set_image_desc(p->y_desc[1], 1, s->Cout, s->B, s->Ho, s->Wo));
-    p->strided_ok = set_image_desc(p->x_desc[0], 0, s->Cin, s->B, s->H, s->W) ==
+    cudnnCheck(set_image_desc(p->x_desc[1], type, 1, s->Cin, s->B, s->H, s->W));
+    cudnnCheck(set_image_desc(p->y_desc[1], type, 1, s->Cout, s->B, s->Ho, s->Wo));
+    p->strided_ok = set_image_desc(p->x_desc[0], type, 0, s->Cin, s->B, s->H, s->W) ==
                         CUDNN_STATUS_SUCCESS &&
-                    set_image_desc(p->y_desc[0], 0, s->Cout, s->B, s->Ho, s->Wo) ==
+                    set_image_desc(p->y_desc[0], type, 0, s->Cout, s->B, s->Ho, s->Wo) ==
                         CUDNN_STATUS_SUCCESS;
     /* with B = 1 both forms are packed NCHW: the second layout would only repeat the first */
     p->packed_needed = s->B > 1;
     cudnnCheck(cudnnCreateFilterDescriptor(&p->w_desc));
-    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->Cout,
-                                          s->Cin, s->kh, s->kw));
+    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, type, CUDNN_TENSOR_NCHW, s->Cout, s->Cin,
+                                          s->kh, s->kw));
     cudnnCheck(cudnnCreateConvolutionDescriptor(&p->conv_desc));
     cudnnCheck(cudnnSetConvolution2dDescriptor(p->conv_desc, s->pad, s->pad, s->stride, s->stride,
                                                s->dil, s->dil, CUDNN_CROSS_CORRELATION,
@@ -181,12 +222,12 @@ static ConvPlan *plan_create(const ConvShape *s) {
     return p;
 }
 
-static ConvPlan *plan_for(const ConvShape *s) {
+static ConvPlan *plan_for(const ConvShape *s, Precision prec) {
     std::lock_guard<std::mutex> guard(g_conv_lock);
-    ConvKey key = conv_key(s);
+    ConvKey key = conv_key(s, prec);
     auto it = g_plans.find(key);
     if (it != g_plans.end()) return it->second;
-    ConvPlan *p = plan_create(s);
+    ConvPlan *p = plan_create(s, prec);
     g_plans.emplace(key, p);
     return p;
 }
@@ -259,7 +300,13 @@ static std::vector<RankedAlgo> ranked_algos(ConvPlan *p, int dir, int packed) {
 
 /* The candidates of one direction: usable algorithms of the strided layout, then of the packed
  * one, in cuDNN's order, each once, within the workspace limit. */
+static void build_candidates_low(ConvPlan *p, int dir);
+
 static void build_candidates(ConvPlan *p, int dir) {
+    if (p->prec != PRECISION_FP32) {
+        build_candidates_low(p, dir);
+        return;
+    }
     const bool tf32 = env_is_one("DETR_TF32");
     const size_t limit = workspace_limit_bytes();
     for (int packed = 0; packed < 2; packed++) {
@@ -283,6 +330,57 @@ static void build_candidates(ConvPlan *p, int dir) {
             p->cand[dir].push_back({packed, r.algo, math, ws});
         }
     }
+    p->built[dir] = true;
+}
+
+/* Low-precision candidates: how faithful an algorithm is to "products of the rounded operands
+ * summed in float32, rounded once": 0 = a (implicit) GEMM, deterministic; 1 = the same with
+ * atomic partial sums; 2 = transforms (FFT, Winograd), whose transformed operands are rounded
+ * again. Candidates run in tier order. */
+static int low_precision_tier(int dir, int algo) {
+    if (dir == DIR_FWD)
+        return algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+                       algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+                       algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM
+                   ? 0
+                   : 2;
+    if (dir == DIR_BWD_DATA)
+        return algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1   ? 0
+               : algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 ? 1
+                                                           : 2;
+    return algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ? 0
+           : algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
+               ? 1
+               : 2;
+}
+
+/* The candidates of one direction in bf16 / fp16: cuDNN's ranked lists (strided layout, then
+ * packed) asked under CUDNN_TENSOR_OP_MATH, each entry run with the math type cuDNN lists for
+ * it (tensor-op where the algorithm has tensor-core kernels), within the workspace limit, then
+ * stably ordered by tier (low_precision_tier). */
+static void build_candidates_low(ConvPlan *p, int dir) {
+    const size_t limit = workspace_limit_bytes();
+    for (int packed = 0; packed < 2; packed++) {
+        if ((packed == 0 && !p->strided_ok) || (packed == 1 && !p->packed_needed)) continue;
+        if (cudnnSetConvolutionMathType(p->conv_desc, CUDNN_TENSOR_OP_MATH) != CUDNN_STATUS_SUCCESS)
+            continue;
+        std::vector<RankedAlgo> ranked = ranked_algos(p, dir, packed);
+        for (const RankedAlgo &r : ranked) {
+            if (r.status != CUDNN_STATUS_SUCCESS) continue;
+            bool seen = false;
+            for (const ConvCandidate &c : p->cand[dir])
+                if (c.packed == packed && c.algo == r.algo && c.math == r.math) seen = true;
+            if (seen) continue;
+            if (cudnnSetConvolutionMathType(p->conv_desc, r.math) != CUDNN_STATUS_SUCCESS) continue;
+            size_t ws = 0;
+            if (!query_workspace(p, dir, packed, r.algo, &ws) || ws > limit) continue;
+            p->cand[dir].push_back({packed, r.algo, r.math, ws});
+        }
+    }
+    std::stable_sort(p->cand[dir].begin(), p->cand[dir].end(),
+                     [dir](const ConvCandidate &a, const ConvCandidate &b) {
+                         return low_precision_tier(dir, a.algo) < low_precision_tier(dir, b.algo);
+                     });
     p->built[dir] = true;
 }
 
@@ -386,10 +484,12 @@ __global__ static void add_row_sums_kernel(const float *dy, float *dbias, int C,
 /* ------------------------------------------------------------------------------------------ */
 /* running a direction                                                                        */
 
-/* The operand pointers of one call, in our CNHW layout. */
+/* The operand pointers of one call, in our CNHW layout (bias: forward only, and only read by
+ * the low-precision path; the float32 forward adds it after the convolution). */
 typedef struct {
     const float *x, *w, *dy;
     float *y, *dx, *dw;
+    const float *bias;
 } ConvArgs;
 
 /* Runs candidate c of direction dir. Returns cuDNN's status; on failure nothing the caller owns
@@ -445,6 +545,80 @@ static cudnnStatus_t run_candidate(ConvPlan *p, const ConvShape *s, int dir,
     return st;
 }
 
+/* fp32 CNHW [C, B, plane] -> its low-precision copy in layout `packed`: CNHW as it is (0) or
+ * NCHW [B, C, plane] (1; as a batch of B matrices [C, plane]: source rows B*plane apart). */
+static void to_low_layout(Precision prec, const float *src, void *dst, int C, int B, size_t plane,
+                          int packed) {
+    if (!packed)
+        cuda_amp_pack(prec, src, 0, 0, dst, 0, 0, 1, (size_t)C * B * plane, 1);
+    else
+        cuda_amp_pack(prec, src, /*ld*/ (size_t)B * plane, /*stride*/ plane, dst, /*ld*/ plane,
+                      /*stride*/ (size_t)C * plane, (size_t)C, plane, (size_t)B);
+}
+
+/* The inverse: a low-precision result in layout `packed` -> fp32 CNHW [C, B, plane], written or
+ * added (exact: the value is already rounded). */
+static void from_low_layout(Precision prec, const void *src, float *dst, int C, int B, size_t plane,
+                            int packed, int accumulate) {
+    if (!packed)
+        cuda_amp_unpack(prec, src, 0, 0, dst, 0, 0, 1, (size_t)C * B * plane, 1, accumulate);
+    else
+        cuda_amp_unpack(prec, src, /*ld*/ plane, /*stride*/ (size_t)C * plane, dst,
+                        /*ld*/ (size_t)B * plane, /*stride*/ plane, (size_t)C, plane, (size_t)B,
+                        accumulate);
+}
+
+/* Runs candidate c of direction dir in the plan's low precision: the operands are rounded into
+ * scratch in the candidate's layout, cuDNN writes a low-precision output (beta 0, or 1 over the
+ * rounded bias), and only on success is that converted into the caller's float32 buffer, so a
+ * refused candidate leaves the caller's memory untouched (the retry contract of conv_run). */
+static cudnnStatus_t run_candidate_low(ConvPlan *p, const ConvShape *s, int dir,
+                                       const ConvCandidate &c, const ConvArgs &a) {
+    const Precision prec = p->prec;
+    cudnnHandle_t h = cudnn();
+    cudnnCheck(cudnnSetConvolutionMathType(p->conv_desc, c.math));
+    void *ws = conv_workspace(c.ws_bytes);
+    /* alpha and beta are float for the PSEUDO_* configurations (compute type float) */
+    const float one = 1.0f, zero = 0.0f;
+    const size_t nx = (size_t)s->Cin * s->B * s->H * s->W;               /* x, dx */
+    const size_t ny = (size_t)s->Cout * s->B * s->Ho * s->Wo;            /* y, dy */
+    const size_t nw = (size_t)s->Cout * s->Cin * s->kh * s->kw;          /* w, dw */
+    const size_t plane_x = (size_t)s->H * s->W, plane_y = (size_t)s->Ho * s->Wo;
+    const int L = c.packed;
+    /* low-precision tensors (2 bytes an element), in layout L: x-shaped, y-shaped, w-shaped */
+    size_t bytes[3] = {nx * 2, ny * 2, nw * 2};
+    void *part[3];
+    cuda_amp_scratch(3, bytes, part);
+    void *xl = part[0], *yl = part[1], *wl = part[2];
+    cudnnStatus_t st;
+    if (dir == DIR_FWD) { /* y = round(conv(x̂, ŵ) + round(bias)) */
+        to_low_layout(prec, a.x, xl, s->Cin, s->B, plane_x, L);
+        cuda_amp_pack(prec, a.w, 0, 0, wl, 0, 0, 1, nw, 1);
+        if (a.bias) /* channel c: CNHW rows of B*Ho*Wo, NCHW planes of Ho*Wo */
+            cuda_amp_fill_channels(prec, yl, a.bias, (size_t)s->Cout,
+                                   L ? plane_y : (size_t)s->B * plane_y, ny);
+        st = cudnnConvolutionForward(h, &one, p->x_desc[L], xl, p->w_desc, wl, p->conv_desc,
+                                     (cudnnConvolutionFwdAlgo_t)c.algo, ws, c.ws_bytes,
+                                     a.bias ? &one : &zero, p->y_desc[L], yl);
+        if (st == CUDNN_STATUS_SUCCESS) from_low_layout(prec, yl, a.y, s->Cout, s->B, plane_y, L, 0);
+    } else if (dir == DIR_BWD_DATA) { /* dx += round(conv_transpose(dŷ, ŵ)) */
+        to_low_layout(prec, a.dy, yl, s->Cout, s->B, plane_y, L);
+        cuda_amp_pack(prec, a.w, 0, 0, wl, 0, 0, 1, nw, 1);
+        st = cudnnConvolutionBackwardData(h, &one, p->w_desc, wl, p->y_desc[L], yl, p->conv_desc,
+                                          (cudnnConvolutionBwdDataAlgo_t)c.algo, ws, c.ws_bytes,
+                                          &zero, p->x_desc[L], xl);
+        if (st == CUDNN_STATUS_SUCCESS) from_low_layout(prec, xl, a.dx, s->Cin, s->B, plane_x, L, 1);
+    } else { /* dw += round(dŷ (x) x̂) */
+        to_low_layout(prec, a.x, xl, s->Cin, s->B, plane_x, L);
+        to_low_layout(prec, a.dy, yl, s->Cout, s->B, plane_y, L);
+        st = cudnnConvolutionBackwardFilter(h, &one, p->x_desc[L], xl, p->y_desc[L], yl,
+                                            p->conv_desc, (cudnnConvolutionBwdFilterAlgo_t)c.algo,
+                                            ws, c.ws_bytes, &zero, p->w_desc, wl);
+        if (st == CUDNN_STATUS_SUCCESS) cuda_amp_unpack(prec, wl, 0, 0, a.dw, 0, 0, 1, nw, 1, 1);
+    }
+    return st;
+}
+
 static const char *algo_name(int dir, int algo) {
     static const char *const fwd[] = {"IMPLICIT_GEMM", "IMPLICIT_PRECOMP_GEMM", "GEMM", "DIRECT",
                                       "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
@@ -462,23 +636,26 @@ static const char *algo_name(int dir, int algo) {
  * CUDNN_STATUS_BAD_PARAM* (2xxx) and CUDNN_STATUS_NOT_SUPPORTED* (3xxx). */
 static bool retryable(cudnnStatus_t st) { return (int)st / 1000 == 2 || (int)st / 1000 == 3; }
 
-static void conv_run(const ConvShape *s, int dir, const ConvArgs &a) {
-    ConvPlan *p = plan_for(s);
+static void conv_run(const ConvShape *s, int dir, const ConvArgs &a, Precision prec) {
+    ConvPlan *p = plan_for(s, prec);
     std::lock_guard<std::mutex> guard(g_conv_lock); /* candidate state and the workspace */
     if (!p->built[dir]) build_candidates(p, dir);
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
     while (p->chosen[dir] < p->cand[dir].size()) {
         const ConvCandidate &c = p->cand[dir][p->chosen[dir]];
-        cudnnStatus_t st = run_candidate(p, s, dir, c, a);
+        cudnnStatus_t st = prec == PRECISION_FP32 ? run_candidate(p, s, dir, c, a)
+                                                  : run_candidate_low(p, s, dir, c, a);
         if (st == CUDNN_STATUS_SUCCESS) {
             if (!p->confirmed[dir] && env_is_one("DETR_CUDNN_VERBOSE"))
                 fprintf(stderr,
                         "cudnn: %s B=%d Cin=%d %dx%d -> Cout=%d %dx%d k=%dx%d s=%d p=%d d=%d: "
-                        "%s, %s layout, %s math, workspace %zu bytes\n",
+                        "%s, %s layout, %s math, workspace %zu bytes%s%s\n",
                         DIR_NAME[dir], s->B, s->Cin, s->H, s->W, s->Cout, s->Ho, s->Wo, s->kh,
                         s->kw, s->stride, s->pad, s->dil, algo_name(dir, c.algo),
                         c.packed ? "packed NCHW (permuted)" : "strided CNHW",
-                        c.math == CUDNN_FMA_MATH ? "FMA" : "tensor-op/default", c.ws_bytes);
+                        c.math == CUDNN_FMA_MATH ? "FMA" : "tensor-op/default", c.ws_bytes,
+                        prec == PRECISION_FP32 ? "" : ", data ",
+                        prec == PRECISION_FP32 ? "" : cuda_precision_name(prec));
             p->confirmed[dir] = true;
             return;
         }
@@ -489,12 +666,15 @@ static void conv_run(const ConvShape *s, int dir, const ConvArgs &a) {
     }
     fprintf(stderr,
             "error: backend_cuda: %s: cuDNN has no algorithm that runs this convolution (B=%d "
-            "Cin=%d H=%d W=%d Cout=%d k=%dx%d stride=%d pad=%d dil=%d) within the workspace "
-            "limit of %zu MiB, in the CNHW-strided or the packed layout; last status %d (%s)\n"
-            "HINT: raise DETR_CUDNN_WORKSPACE_MB, or report the shape with the cuDNN version "
+            "Cin=%d H=%d W=%d Cout=%d k=%dx%d stride=%d pad=%d dil=%d, data %s) within the "
+            "workspace limit of %zu MiB, in the CNHW-strided or the packed layout; last status "
+            "%d (%s)\n"
+            "HINT: raise DETR_CUDNN_WORKSPACE_MB%s, or report the shape with the cuDNN version "
             "(%zu).\n",
             DIR_NAME[dir], s->B, s->Cin, s->H, s->W, s->Cout, s->kh, s->kw, s->stride, s->pad,
-            s->dil, workspace_limit_bytes() >> 20, (int)last, cudnnGetErrorString(last),
+            s->dil, cuda_precision_name(prec), workspace_limit_bytes() >> 20, (int)last,
+            cudnnGetErrorString(last),
+            prec == PRECISION_FP32 ? "" : " or train without --amp (bf16 needs compute capability 8.0)",
             cudnnGetVersion());
     exit(1);
 }
@@ -505,8 +685,8 @@ static void conv_run(const ConvShape *s, int dir, const ConvArgs &a) {
 void cuda_conv2d_forward(const ConvShape *s, const float *x, const float *w, const float *bias,
                          float *y) {
     conv_check_shape("conv2d_forward", s);
-    ConvArgs a = {x, w, NULL, y, NULL, NULL};
-    conv_run(s, DIR_FWD, a); /* y [Cout, B, Ho, Wo] = conv(x, w) */
+    ConvArgs a = {x, w, NULL, y, NULL, NULL, NULL}; /* the bias is added below */
+    conv_run(s, DIR_FWD, a, PRECISION_FP32); /* y [Cout, B, Ho, Wo] = conv(x, w) */
     if (bias) {              /* y[c] += bias[c] */
         const size_t N = (size_t)s->B * s->Ho * s->Wo;
         dim3 grid(grid_for(N, 256) > 64 ? 64 : grid_for(N, 256),
@@ -519,8 +699,8 @@ void cuda_conv2d_forward(const ConvShape *s, const float *x, const float *w, con
 void cuda_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx) {
     if (!dx) return;
     conv_check_shape("conv2d_backward_data", s);
-    ConvArgs a = {NULL, w, dy, NULL, dx, NULL};
-    conv_run(s, DIR_BWD_DATA, a); /* dx [Cin, B, H, W] += conv_transpose(dy, w) */
+    ConvArgs a = {NULL, w, dy, NULL, dx, NULL, NULL};
+    conv_run(s, DIR_BWD_DATA, a, PRECISION_FP32); /* dx [Cin, B, H, W] += conv_transpose(dy, w) */
 }
 
 void cuda_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
@@ -535,6 +715,55 @@ void cuda_conv2d_backward_weight(const ConvShape *s, const float *dy, const floa
         cudaCheck(cudaGetLastError());
     }
     if (!dw) return;
-    ConvArgs a = {x, NULL, dy, NULL, NULL, dw};
-    conv_run(s, DIR_BWD_FILTER, a); /* dw [Cout, Cin, kh, kw] += dy (x) x */
+    ConvArgs a = {x, NULL, dy, NULL, NULL, dw, NULL};
+    conv_run(s, DIR_BWD_FILTER, a, PRECISION_FP32); /* dw [Cout, Cin, kh, kw] += dy (x) x */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the ops under set_precision (the table's slots)                                            */
+
+void cuda_amp_conv2d_forward(const ConvShape *s, const float *x, const float *w, const float *bias,
+                             float *y) {
+    const Precision prec = cuda_precision();
+    if (prec == PRECISION_FP32) {
+        cuda_conv2d_forward(s, x, w, bias, y);
+        return;
+    }
+    conv_check_shape("conv2d_forward", s);
+    ConvArgs a = {x, w, NULL, y, NULL, NULL, bias};
+    conv_run(s, DIR_FWD, a, prec); /* y [Cout, B, Ho, Wo] = round(conv(x̂, ŵ) + round(bias)) */
+}
+
+void cuda_amp_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx) {
+    const Precision prec = cuda_precision();
+    if (prec == PRECISION_FP32) {
+        cuda_conv2d_backward_data(s, dy, w, dx);
+        return;
+    }
+    if (!dx) return;
+    conv_check_shape("conv2d_backward_data", s);
+    ConvArgs a = {NULL, w, dy, NULL, dx, NULL, NULL};
+    conv_run(s, DIR_BWD_DATA, a, prec); /* dx [Cin, B, H, W] += round(conv_transpose(dŷ, ŵ)) */
+}
+
+void cuda_amp_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
+                                     float *dbias) {
+    const Precision prec = cuda_precision();
+    if (prec == PRECISION_FP32) {
+        cuda_conv2d_backward_weight(s, dy, x, dw, dbias);
+        return;
+    }
+    conv_check_shape("conv2d_backward_weight", s);
+    if (dbias) { /* dbias [Cout] += round(row sums of round(dy) [Cout, B*Ho*Wo]) */
+        size_t bytes = (size_t)s->Cout * sizeof(float);
+        void *partial; /* [Cout] fp32 */
+        cuda_amp_scratch(1, &bytes, &partial);
+        cuda_amp_rounded_row_sums(prec, dy, (size_t)s->Cout, (size_t)s->B * s->Ho * s->Wo,
+                                  (float *)partial);
+        cuda_amp_round_store(prec, (const float *)partial, 0, 0, NULL, 1.0f, dbias, 0, 0, 1,
+                             (size_t)s->Cout, 1);
+    }
+    if (!dw) return;
+    ConvArgs a = {x, NULL, dy, NULL, NULL, dw, NULL};
+    conv_run(s, DIR_BWD_FILTER, a, prec); /* dw [Cout, Cin, kh, kw] += round(dŷ (x) x̂) */
 }

@@ -139,4 +139,40 @@ void cuda_dropout_planes(const float *src, long src_stride, float *dst, long dst
 void cuda_softmax_rows(const float *x, float *y, size_t R, int N, const uint8_t *mask,
                        size_t rows_per_mask);
 
+/* ---- cuda_amp.cu: mixed precision (backend.h, Precision; docs/cuda-ops.md) ----
+ * Layouts: a batch of `batch` row-major matrices [rows, cols]; element (b, r, c) is at
+ * b*stride + r*ld + c (rows == batch == 1: one contiguous run, ld and stride unused). "Low" is
+ * bf16 (__nv_bfloat16) or fp16 (__half) as p says; p must be one of those two. All asynchronous
+ * on cuda_stream(). */
+/* Current precision of the matrix products and its name ("fp32", "bf16", "fp16"). */
+Precision cuda_precision(void);
+const char *cuda_precision_name(Precision p);
+/* Grow-only device scratch (MEM_WORKSPACE) for one op: parts[i] gets bytes[i] bytes (NULL for
+ * 0), each 256-byte aligned. A later call may move the buffer, so an op asks once for all its
+ * parts and keeps none across calls. Growing does not synchronise (stream order protects
+ * the old block). Not thread-safe (ops run on the model thread); out of budget exits EXIT_OOM. */
+void cuda_amp_scratch(int nparts, const size_t *bytes, void **parts);
+/* dst (low) = round(src (fp32)), round to nearest even, overflow -> +-inf. */
+void cuda_amp_pack(Precision p, const float *src, size_t src_ld, size_t src_stride, void *dst,
+                   size_t dst_ld, size_t dst_stride, size_t rows, size_t cols, size_t batch);
+/* dst (fp32) = round(src + round(bias[c])) if beta == 0 (dst never read), else
+ * beta*dst + round(src + round(bias[c])); the bias term only when bias != NULL (bias [cols]);
+ * src (fp32, may be dst itself) is a product computed in fp32. */
+void cuda_amp_round_store(Precision p, const float *src, size_t src_ld, size_t src_stride,
+                          const float *bias, float beta, float *dst, size_t dst_ld,
+                          size_t dst_stride, size_t rows, size_t cols, size_t batch);
+/* dst (fp32) = src (low), or += when accumulate. */
+void cuda_amp_unpack(Precision p, const void *src, size_t src_ld, size_t src_stride, float *dst,
+                     size_t dst_ld, size_t dst_stride, size_t rows, size_t cols, size_t batch,
+                     int accumulate);
+/* dst (low) [n]: element e = round(bias[(e / inner) % C]) (bias [C]): a per-channel constant
+ * in CNHW (inner = B*H*W) or NCHW (inner = H*W). */
+void cuda_amp_fill_channels(Precision p, void *dst, const float *bias, size_t C, size_t inner,
+                            size_t n);
+/* partial [R] = row sums of round(x) over x [R, N] (fp32 sums; partial is zeroed first). */
+void cuda_amp_rounded_row_sums(Precision p, const float *x, size_t R, size_t N, float *partial);
+/* partial [O] = column sums of round(x) over x [rows, O] (fp32 sums; zeroed first). */
+void cuda_amp_rounded_column_sums(Precision p, const float *x, size_t rows, size_t O,
+                                  float *partial);
+
 #endif

@@ -25,7 +25,10 @@ void cuda_conv2d_backward_data(const ConvShape *s, const float *dy, const float 
 void cuda_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
                                  float *dbias);
 
-/* ---- cuda_dense.cu (cuBLAS) ---- */
+/* ---- cuda_dense.cu (cuBLAS) ----
+ * cuda_gemm is always float32, whatever the precision: the attention kernels call it, and
+ * attention is not a matrix-product op of set_precision (backend.h). The table's gemm slot is
+ * cuda_amp_gemm (below). */
 void cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
                long strideC, int batch);
@@ -33,6 +36,27 @@ void cuda_linear_forward(const float *x, const float *w, const float *b, float *
 void cuda_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
                           float *db, int T, int In, int O);
 void cuda_transpose(const float *x, float *y, int batch, int R, int C);
+
+/* ---- mixed precision (backend.h, Precision; docs/cuda-ops.md "Mixed precision") ----
+ * cuda_amp.cu: the process-wide precision of the matrix products (default PRECISION_FP32). */
+void cuda_set_precision(Precision p);
+/* The matrix-product slots of the table: at PRECISION_FP32 each calls the float32 op above
+ * unchanged; at bf16 / fp16 the operands are rounded into low-precision scratch, the product
+ * runs on tensor cores with float32 accumulation (cuBLAS GemmEx / cuDNN PSEUDO_* configs), and
+ * the result is rounded to the low type before it is written or added. cuda_dense.cu: */
+void cuda_amp_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                   int lda, long strideA, const float *B, int ldb, long strideB, float beta,
+                   float *C, int ldc, long strideC, int batch);
+void cuda_amp_linear_forward(const float *x, const float *w, const float *b, float *y, int T,
+                             int In, int O);
+void cuda_amp_linear_backward(const float *dy, const float *x, const float *w, float *dx,
+                              float *dw, float *db, int T, int In, int O);
+/* cuda_conv.cu: */
+void cuda_amp_conv2d_forward(const ConvShape *s, const float *x, const float *w, const float *bias,
+                             float *y);
+void cuda_amp_conv2d_backward_data(const ConvShape *s, const float *dy, const float *w, float *dx);
+void cuda_amp_conv2d_backward_weight(const ConvShape *s, const float *dy, const float *x, float *dw,
+                                     float *dbias);
 
 /* ---- cuda_kernels_*.cu (own kernels) ---- */
 void cuda_channel_affine(const float *x, const float *scale, const float *shift, float *y, int C,
