@@ -1164,6 +1164,47 @@ static int all_slots_held_locked(const Loader *l) {
     return 1;
 }
 
+/* What the consumer can have right now (l->mu held): -1 fatal / stopped / not started (err set),
+ * 0 end of the epoch, 1 a ready batch (*s), 2 none ready yet, 3 every slot held by the
+ * consumer. */
+static int next_state_locked(Loader *l, Slot **s, char *err, size_t errlen) {
+    if (l->fatal && l->next_consume >= l->fatal_batch) {
+        set_err(err, errlen, "loader: %s", l->fatal_msg);
+        return -1;
+    }
+    if (l->stop) {
+        set_err(err, errlen, "loader: shutting down");
+        return -1;
+    }
+    if (!l->started) {
+        set_err(err, errlen, "loader: loader_start_epoch was not called");
+        return -1;
+    }
+    if (l->next_consume >= l->batches_per_epoch) return 0;
+    if ((*s = ready_slot_locked(l)) != NULL) return 1;
+    return all_slots_held_locked(l) ? 3 : 2;
+}
+
+/* Hands the ready slot s to the consumer (l->mu held). */
+static void take_locked(Loader *l, Slot *s, double wait_s, int depth, LoaderBatch **out) {
+    s->state = SLOT_HELD;
+    l->next_consume++;
+    s->batch.stats.wait_s = wait_s;
+    s->batch.stats.queue_depth = depth;
+    *out = &s->batch;
+}
+
+int loader_try_next(Loader *l, LoaderBatch **out, char *err, size_t errlen) {
+    *out = NULL;
+    pthread_mutex_lock(&l->mu);
+    Slot *s = NULL;
+    int depth = count_ready_locked(l);
+    int rc = next_state_locked(l, &s, err, errlen);
+    if (rc == 1) take_locked(l, s, 0.0, depth, out);
+    pthread_mutex_unlock(&l->mu);
+    return rc == 3 ? 2 : rc;
+}
+
 int loader_next(Loader *l, LoaderBatch **out, double timeout_s, char *err, size_t errlen) {
     *out = NULL;
     double t0 = timer_now();
@@ -1179,20 +1220,10 @@ int loader_next(Loader *l, LoaderBatch **out, double timeout_s, char *err, size_
     Slot *s = NULL;
     int rc = 1;
     for (;;) {
-        if (l->fatal && l->next_consume >= l->fatal_batch) {
-            set_err(err, errlen, "loader: %s", l->fatal_msg);
-            rc = -1;
-        } else if (l->stop) {
-            set_err(err, errlen, "loader: shutting down");
-            rc = -1;
-        } else if (!l->started) {
-            set_err(err, errlen, "loader: loader_start_epoch was not called");
-            rc = -1;
-        } else if (l->next_consume >= l->batches_per_epoch) {
-            rc = 0;
-        } else if ((s = ready_slot_locked(l)) != NULL) {
-            rc = 1;
-        } else if (all_slots_held_locked(l)) {
+        int state = next_state_locked(l, &s, err, errlen);
+        if (state <= 1) {
+            rc = state;
+        } else if (state == 3) {
             set_err(err, errlen,
                     "loader: all %d prefetch slots are held by the consumer; release a "
                     "batch (loader_release) before asking for the next",
@@ -1213,13 +1244,7 @@ int loader_next(Loader *l, LoaderBatch **out, double timeout_s, char *err, size_
         }
         break;
     }
-    if (rc == 1) {
-        s->state = SLOT_HELD;
-        l->next_consume++;
-        s->batch.stats.wait_s = timer_now() - t0;
-        s->batch.stats.queue_depth = depth;
-        *out = &s->batch;
-    }
+    if (rc == 1) take_locked(l, s, timer_now() - t0, depth, out);
     pthread_mutex_unlock(&l->mu);
     return rc;
 }

@@ -132,6 +132,11 @@ int loader_start_epoch(Loader *l, int epoch, int64_t start_batch);
  * the epoch, -1 on a fatal error, a timeout, or when every slot is held by the consumer (message
  * in err). After a timeout the loader keeps running and loader_next may be called again. */
 int loader_next(Loader *l, LoaderBatch **out, double timeout_s, char *err, size_t errlen);
+/* The next batch only if it is ready now (never blocks): 1 with *out set (stats.wait_s 0), 0 at
+ * the end of the epoch, 2 when it is not ready yet or every slot is held (nothing taken: call
+ * loader_next later), -1 on a fatal error (message in err). For a consumer that fetches ahead
+ * without waiting. */
+int loader_try_next(Loader *l, LoaderBatch **out, char *err, size_t errlen);
 /* Batches ready for the consumer right now (the profiler may sample it between steps). */
 int loader_queue_depth(Loader *l);
 /* Gives the batch's slot back to the ring. */

@@ -252,6 +252,58 @@ static void test_resume(const Dataset *ds) {
     loader_destroy(l);
 }
 
+/* loader_try_next: never blocks; interleaved with loader_next it gives the same batches in the
+ * same order; "not ready" and "every slot held" are 2 (nothing taken), not errors; 0 at the end. */
+static void test_try_next(const Dataset *ds) {
+    char err[512];
+    LoaderConfig cfg;
+    lt_config(&cfg, 2);
+    LtEpoch full;
+    int n = lt_run_epoch(ds, &cfg, 2, 0, &full, err, sizeof err);
+    Loader *l = loader_create(ds, &cfg, err, sizeof err);
+    LoaderBatch *b = NULL, *held[8] = {0};
+    CHECK("try_next: before loader_start_epoch it is an error", l && loader_try_next(l, &b, err, sizeof err) == -1 &&
+          b == NULL, "%s", err);
+    if (!l || loader_start_epoch(l, 2, 0) != 0) {
+        CHECK("try_next: loader", 0, "%s", err);
+        loader_destroy(l);
+        return;
+    }
+    int got = 0, in_order = 1, not_ready = 0, rc = 1, taken_by_try = 0;
+    while (got < n) {
+        if (got % 2 == 0) { /* even batches: poll without blocking */
+            rc = loader_try_next(l, &b, err, sizeof err);
+            if (rc == 2) {
+                not_ready++;
+                if (not_ready > 200000) break; /* ~20 s of polling: the loader is stuck */
+                usleep(100);
+                continue;
+            }
+            if (rc != 1) break;
+            taken_by_try++;
+            in_order &= b->stats.wait_s == 0.0;
+        } else if ((rc = loader_next(l, &b, 30.0, err, sizeof err)) != 1) {
+            break;
+        }
+        in_order &= b->index == got && lt_batch_checksum(b) == full.sums[got];
+        loader_release(l, b);
+        got++;
+    }
+    CHECK("try_next: interleaved with loader_next, the uninterrupted run's batches in order",
+          n > 4 && got == n && in_order && taken_by_try == (n + 1) / 2, "%d of %d batches (rc %d: %s)", got, n, rc,
+          rc < 0 ? err : "");
+    CHECK("try_next: 0 at the end of the epoch", loader_try_next(l, &b, err, sizeof err) == 0 && b == NULL, "%s", err);
+    /* every slot held: 2 (nothing taken), where loader_next reports an error */
+    loader_start_epoch(l, 2, 0);
+    int h = 0;
+    while (h < cfg.prefetch && loader_next(l, &held[h], 30.0, err, sizeof err) == 1) h++;
+    rc = loader_try_next(l, &b, err, sizeof err);
+    CHECK("try_next: every slot held by the consumer -> 2, nothing taken", h == cfg.prefetch && rc == 2 && b == NULL,
+          "held %d of %d, rc %d", h, cfg.prefetch, rc);
+    for (int i = 0; i < h; i++) loader_release(l, held[i]);
+    loader_destroy(l);
+}
+
 static void test_sharding(const Dataset *ds) {
     char err[512];
     const int world = 3;
@@ -594,6 +646,7 @@ int main(int argc, char **argv) {
     test_workers_determinism(tmp, ds_dir, bad_dir, cache);
     test_order_and_coverage(&ds);
     test_resume(&ds);
+    test_try_next(&ds);
     test_sharding(&ds);
     test_content(&ds);
     test_content_every_batch(&ds);
