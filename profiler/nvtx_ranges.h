@@ -22,6 +22,8 @@
 #ifdef DETR_CUDA
 #include <nvtx3/nvToolsExt.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* The "detr" domain, created on first use. Two threads racing here may create it twice; NVTX
  * tolerates that (both handles name the same domain), and prof_open creates it up front. */
@@ -71,6 +73,10 @@ static inline void nvtx_ranges_push_text(const char *text, uint32_t argb) {
 }
 
 static inline void nvtx_ranges_pop(void) { nvtxDomainRangePop(nvtx_ranges_domain()); }
+/* Names the calling OS thread in Nsight's timeline. */
+static inline void nvtx_ranges_name_thread(const char *name) {
+    nvtxNameOsThreadA((uint32_t)syscall(SYS_gettid), name);
+}
 
 #else /* no CUDA build: NVTX compiles out */
 
@@ -85,6 +91,7 @@ static inline void nvtx_ranges_push_text(const char *text, uint32_t argb) {
     (void)argb;
 }
 static inline void nvtx_ranges_pop(void) {}
+static inline void nvtx_ranges_name_thread(const char *name) { (void)name; }
 
 #endif
 #endif

@@ -244,7 +244,9 @@ void prof_range_record(Prof *p, ProfPhase phase, int64_t start_ns, int64_t end_n
 /* ---------------------------------------------------------------- steps and other records */
 
 void prof_thread_name(Prof *p, const char *name) {
-    if (!p || !name) return;
+    if (!name) return;
+    nvtx_ranges_name_thread(name); /* Nsight's timeline too */
+    if (!p) return;
     RangeRecord r = {0};
     r.global_tid = prof_global_tid();
     prof_copy_name(r.text, sizeof(r.text), name);
@@ -266,7 +268,7 @@ void prof_step_record_init(ProfStepRecord *r) {
     r->data_wait_ns = -1;
     r->h2d_ns = -1;
     r->loss = r->lr = r->lr_backbone = r->grad_norm = r->flops = r->padded_fraction = NAN;
-    r->loss_scale = NAN;
+    r->loss_scale = r->gpu_util = r->gpu_mem_util = NAN;
     r->skipped = 0;
     r->rss_bytes = -1;
 }

@@ -123,6 +123,8 @@ typedef struct {
     double loss_scale;      /* fp16 loss scale this step's backward used (NaN: no loss scaling) */
     int skipped;            /* 1: the optimizer update was skipped (inf/NaN gradients under fp16
                                loss scaling; GradScaler's rule) */
+    double gpu_util;        /* NVML: % of the last sample period a kernel ran (NaN: unknown) */
+    double gpu_mem_util;    /* NVML: % of it device memory was read or written (NaN: unknown) */
     int n_losses;           /* every loss term: DETR_STEPS.losses_json, one row each in the
                                DETR_LOSSES view */
     ProfLoss losses[PROF_MAX_LOSSES];
@@ -255,7 +257,9 @@ void prof_range_record(Prof *prof, ProfPhase phase, int64_t start_ns, int64_t en
 /* Steps. prof_step_begin sets the step/epoch later ranges and records belong to and pushes the
  * "step" range; prof_step_end pops it and queues the record (copied). */
 /* Names the calling thread in ThreadNames (nsys's table: the name a timeline shows for its
- * globalTid), e.g. "loader worker". Call once per thread and Prof; later calls add nothing. */
+ * globalTid), e.g. "loader worker", and through NVTX (nvtxNameOsThreadA) for Nsight Systems;
+ * prof == NULL names it through NVTX only. Call once per thread and Prof; later calls add
+ * nothing. */
 void prof_thread_name(Prof *prof, const char *name);
 
 void prof_step_begin(Prof *prof, int64_t step, int epoch);

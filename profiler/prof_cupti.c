@@ -9,6 +9,7 @@
  * cuptiActivityGetNextRecord is tested on the CPU through prof_gpu_records (test_prof_gpu). */
 #ifdef DETR_CUDA
 #include "prof_cupti.h"
+#include "prof_nvml.h"
 #include <cuda_runtime_api.h>
 #include <cupti.h>
 #include <pthread.h>
@@ -49,6 +50,7 @@ static struct {
     _Atomic int64_t over_cap_records; /* records in buffers discarded over the cap */
     int64_t pid;
     int64_t device_used_peak;
+    ProfNvml *nvml;                   /* GPU utilisation per step; NULL: NVML unavailable */
     DemangleEntry demangle[DEMANGLE_CACHE];
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -320,6 +322,11 @@ int prof_cupti_start(Prof *prof, int trace, const ProfSchedule *sched, char *msg
     g.runtime_on = 1;
     if (trace && set_kind(CUPTI_ACTIVITY_KIND_SYNCHRONIZATION, 1) != CUPTI_SUCCESS)
         fprintf(stderr, "warning: profile: CUPTI synchronization records unavailable\n");
+    int dev;
+    char bus[32], why[256];
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetPCIBusId(bus, (int)sizeof(bus), dev) == cudaSuccess &&
+        !(g.nvml = prof_nvml_open(bus, why, sizeof(why))))
+        fprintf(stderr, "profile: GPU utilisation not recorded: %s\n", why);
     g.running = 1;
     prof_set_phase_hooks(&phase_hooks);
     return 0;
@@ -356,6 +363,7 @@ void prof_cupti_step_end(int64_t step, ProfStepRecord *r) {
         if (used > g.device_used_peak) g.device_used_peak = used;
         prof_step_add_memory(r, "gpu_device_used", used, g.device_used_peak);
     }
+    if (r && g.nvml) prof_nvml_utilization(g.nvml, &r->gpu_util, &r->gpu_mem_util);
     int64_t first = atomic_load(&g.first_step);
     if (g.has_schedule && first >= 0 &&
         prof_schedule_action(&g.sched, step - first) == PROF_SCHED_RECORD_AND_SAVE)
@@ -366,6 +374,8 @@ void prof_cupti_stop(void) {
     if (!g.running && !g.collector) return;
     prof_set_phase_hooks(NULL);
     flush_all();
+    prof_nvml_close(g.nvml);
+    g.nvml = NULL;
     const CUpti_ActivityKind kinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
                                         CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION,
                                         CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_ACTIVITY_KIND_SYNCHRONIZATION};

@@ -174,7 +174,7 @@ static json_t *run_steps(Ctx *c, int64_t n_steps) {
         "avg(h2d_ns) / 1e6 AS h2d_ms, avg(loss) AS loss, avg(lr) AS lr, avg(lr_backbone) AS lr_backbone, "
         "avg(grad_norm) AS grad_norm, max(grad_norm) AS grad_norm_max, avg(mfu) AS mfu, "
         "avg(padded_fraction) AS padded_fraction, min(loss_scale) AS loss_scale, "
-        "sum(skipped) AS skipped_updates "
+        "sum(skipped) AS skipped_updates, avg(gpu_util) AS gpu_util, avg(gpu_mem_util) AS gpu_mem_util "
         "FROM DETR_STEPS WHERE run_id = ?1 GROUP BY 1 ORDER BY 1");
 }
 

@@ -253,6 +253,18 @@
       'Step time', 'step time (ms)'));
     show('sec-throughput', 'chart-mfu', overlayChart(runs, 'steps', 'mfu', null,
       'Model FLOPs utilisation', 'MFU (%)', null, 100));
+    /* GPU runs with NVML: share of time a kernel ran (solid) and memory was busy (dashed) */
+    var util = overlayChart(runs, 'steps', 'gpu_util', null, 'GPU utilisation (NVML)', 'busy (% of time)');
+    if (util) {
+      runs.forEach(function (run) {
+        if (run.steps && hasValues(arr(run.steps, 'gpu_mem_util')))
+          util.series.push(line(runLabel(run) + ' memory', pairs(run.steps.step, run.steps.gpu_mem_util),
+            { lineStyle: { width: 1.2, type: 'dashed' } }));
+      });
+      util.yAxis.scale = false;
+      util.yAxis.max = 100;
+    }
+    show('sec-throughput', 'chart-gpu-util', util);
   }
 
   function renderPhases(runs) {

@@ -398,6 +398,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
         fprintf(stderr, "error: --out %s: cannot create the folder (or a file has that name)\n", c->out);
         return 2;
     }
+    prof_thread_name(NULL, "trainer"); /* Nsight's timeline (NVTX) */
     static LoaderRanges ranges; /* outlives the loader's threads */
     atomic_store(&ranges.prof, NULL);
     Loader *ld = make_loader(c, ds, &ranges, err, sizeof(err));

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "../../profiler/prof.h"
 #include "../../profiler/prof_gpu_records.h"
+#include "../../profiler/prof_nvml.h"
 #include "check.h"
 #include "test_util.h"
 
@@ -599,6 +600,8 @@ static void test_migration(void) {
                               "ALTER TABLE DETR_RUNS DROP COLUMN cupti_dropped_records; "
                               "ALTER TABLE DETR_STEPS DROP COLUMN loss_scale; "
                               "ALTER TABLE DETR_STEPS DROP COLUMN skipped; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN gpu_util; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN gpu_mem_util; "
                               "UPDATE META_DATA_EXPORT SET value = '1' WHERE name = 'DETR_SCHEMA_VERSION'; "
                               "PRAGMA user_version = 1", NULL, NULL, NULL) == SQLITE_OK;
     sqlite3_close(db);
@@ -610,11 +613,44 @@ static void test_migration(void) {
     CHECK("migration: latest version, GPU tables and counters, loss-scale columns, both runs kept",
           q_int(db, "PRAGMA user_version") == PROF_SCHEMA_VERSION &&
           q_int(db, "SELECT count(*) FROM pragma_table_info('DETR_STEPS') WHERE name IN "
-                    "('loss_scale', 'skipped')") == 2 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
+                    "('loss_scale', 'skipped', 'gpu_util', 'gpu_mem_util')") == 4 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
           q_int(db, "SELECT sum(dropped_gpu_records + cupti_dropped_records) FROM DETR_RUNS") == 0 &&
           q_int(db, "SELECT count(*) FROM DETR_GPU_STEPS") == 0 &&
           q_int(db, "SELECT value FROM META_DATA_EXPORT WHERE name = 'DETR_SCHEMA_VERSION'") == PROF_SCHEMA_VERSION, "");
     sqlite3_close(db);
+}
+
+/* NVML utilisation: the step record's columns, and the library's absence handled (on a machine
+ * with the NVIDIA driver, the first device's bus id is not known here: only the writer path). */
+static void test_nvml(void) {
+    char path[400], err[512];
+    snprintf(path, sizeof(path), "%s/nvml.sqlite", g_dir);
+    Prof *p = prof_open(path, NULL, PROF_BASIC, err, sizeof(err));
+    CHECK("nvml: open", p != NULL, "%s", err);
+    if (!p) return;
+    ProfStepRecord r;
+    for (int s = 1; s <= 2; s++) {
+        prof_step_begin(p, s, 0);
+        prof_step_record_init(&r);
+        if (s == 1) r.gpu_util = 87.0, r.gpu_mem_util = 41.0;
+        prof_step_end(p, &r);
+    }
+    prof_close(p, 0, err, sizeof(err));
+    sqlite3 *db = open_ro(path);
+    CHECK("nvml: utilisation stored per step, NULL when unknown",
+          db && q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 1 AND gpu_util = 87 AND gpu_mem_util = 41") == 1 &&
+              q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 2 AND gpu_util IS NULL AND gpu_mem_util IS NULL") == 1,
+          "see DETR_STEPS in %s", path);
+    if (db) sqlite3_close(db);
+    char why[256] = "";
+    ProfNvml *n = prof_nvml_open("0000:00:00.0", why, sizeof(why));
+    if (access("/dev/nvidiactl", F_OK) == 0) {
+        test_skip("nvml: absent library reported", "this machine has the NVIDIA driver");
+    } else {
+        CHECK("nvml: without the driver, open fails with the reason", n == NULL && strstr(why, "libnvidia-ml"),
+              "why '%s'", why);
+    }
+    prof_nvml_close(n);
 }
 
 int main(void) {
@@ -629,6 +665,7 @@ int main(void) {
     test_trace_run();
     test_basic_and_schedule();
     test_migration();
+    test_nvml();
     char cmd[400], *out, *err;
     snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
     run_capture("/tmp", cmd, &out, &err);

@@ -166,6 +166,8 @@ static int make_gpu_db(const char *src, char *dst, size_t n) {
         " SELECT t0 + 400000, t0 + 420000, 0, 1, 7, 22, gp, 4096, 2 FROM t;"
         "INSERT INTO CUPTI_ACTIVITY_KIND_MEMSET (start, \"end\", deviceId, contextId, streamId, correlationId, globalPid, value, bytes) "
         " SELECT t0 + 10, t0 + 5010, 0, 1, 7, 30, gp, 0, 65536 FROM t;"
+        /* NVML utilisation samples of run 2, as a GPU run records them */
+        "UPDATE DETR_STEPS SET gpu_util = 40 + step, gpu_mem_util = 10 + step WHERE run_id = 2;"
         /* the sweep tables, as detr-prof sweep creates them */
         "CREATE TABLE IF NOT EXISTS DETR_SWEEPS (sweep_id INTEGER PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER, "
         " command_line TEXT, git_rev TEXT, mem_limit_bytes INTEGER, margin REAL, target_batch INTEGER, status TEXT NOT NULL, "
@@ -311,6 +313,8 @@ static void write_expectations(sqlite3 *db, const char *path) {
         {"chart-lr", "run 1", "SELECT lr FROM DETR_STEPS WHERE run_id = 1 AND step = 4", 4},
         {"chart-grad-norm", "run 1", "SELECT grad_norm FROM DETR_STEPS WHERE run_id = 1 AND step = 2", 2},
         {"chart-loss-scale", "run 2", "SELECT loss_scale FROM DETR_STEPS WHERE run_id = 2 AND step = 2", 2},
+        {"chart-gpu-util", "run 2", "SELECT gpu_util FROM DETR_STEPS WHERE run_id = 2 AND step = 3", 3},
+        {"chart-gpu-util", "run 2 memory", "SELECT gpu_mem_util FROM DETR_STEPS WHERE run_id = 2 AND step = 3", 3},
         {"chart-eval", "AP50 (run 1)", "SELECT ap50 FROM DETR_EVAL WHERE run_id = 1 ORDER BY eval_id LIMIT 1", -1},
         {"chart-sweep-1-ips", "recommended", "SELECT images_per_s FROM DETR_SWEEP_TRIALS WHERE recommended = 1", 4},
         {"chart-sweep-1-mem", "off, accum 1, 2 workers", "SELECT peak_bytes FROM DETR_SWEEP_TRIALS WHERE batch = 2", 2},
@@ -325,7 +329,7 @@ static void write_expectations(sqlite3 *db, const char *path) {
                                           q1(db, "SELECT max(peak_bytes) FROM DETR_MEMORY WHERE run_id = 2 AND category = 'process_rss'")));
     json_array_append_new(bars, json_pack("{s:s, s:s, s:s, s:f}", "chart", "chart-gpu-kernels-2", "series", "total time (ms)",
                                           "category", "gemm_kernel", "y", 6.0));
-    json_t *charts = json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "chart-throughput", "chart-step-time", "chart-mfu",
+    json_t *charts = json_pack("[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s]", "chart-throughput", "chart-step-time", "chart-mfu", "chart-gpu-util",
                                "chart-phases-1", "chart-phases-2", "chart-phase-mean", "chart-memory-1", "chart-memory-2",
                                "chart-memory-peaks", "chart-loader-wait", "chart-queue-depth", "chart-loader-stages-1",
                                "chart-loss-total", "chart-losses-1", "chart-lr", "chart-grad-norm", "chart-loss-scale", "chart-eval",
@@ -423,7 +427,7 @@ static void test_large(sqlite3 *real) {
         " 1000000000000 + i * 50000000 + 40000000 + (i % 7) * 1000000, 40000000 + (i % 7) * 1000000, 100000, 0, 8, "
         " 10.0 / (1 + i / 1000.0), 1e-4, 1e-5, 1.5 + (i % 13) / 10.0, 8 / ((40000000 + (i % 7) * 1000000) * 1e-9), 4e9, 0.5, 0.05, "
         " '{\"loss_ce\":' || (1.0 / i) || ',\"loss_bbox\":0.5,\"loss_giou\":0.7,\"loss_ce_0\":1.1,\"loss_bbox_0\":0.6,"
-        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}', NULL, 0 FROM s;"
+        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}', NULL, 0, NULL, NULL FROM s;"
         "INSERT INTO DETR_PHASES SELECT 1, st.step, s.id, st.start_ns + (s.id - 100) * 3000000, 2000000 + s.id * 1000, 1, 4242 << 24 "
         " FROM DETR_STEPS st, StringIds s WHERE s.id > 100;"
         "INSERT INTO DETR_MEMORY SELECT 1, st.step, st.end_ns, c.name, 1000000 * c.k + st.step % 100, 2000000 * c.k "

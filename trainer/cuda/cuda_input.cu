@@ -1,6 +1,7 @@
 /* cuda_input.cu - see cuda_input.h. */
 #include "cuda_input.h"
 #include <stdlib.h>
+#include <nvtx3/nvToolsExtCudaRt.h>
 #include "cuda_kernels_internal.h"
 
 struct CudaInput {
@@ -22,6 +23,7 @@ CudaInput *cuda_input_create(void) {
         exit(1);
     }
     cudaCheck(cudaStreamCreateWithFlags(&ci->copy, cudaStreamNonBlocking));
+    nvtxNameCudaStreamA(ci->copy, "detr h2d copy");
     cudaCheck(cudaEventCreate(&ci->copy_start));
     cudaCheck(cudaEventCreate(&ci->copy_done));
     cudaCheck(cudaEventCreateWithFlags(&ci->consumed, cudaEventDisableTiming));
