@@ -79,6 +79,14 @@ size_t arena_used_bytes(const Arena *a) {
     return u;
 }
 
+int arena_chunk_count(const Arena *a) { return a->nchunks; }
+
+size_t arena_reserved_bytes(const Arena *a) {
+    size_t r = 0;
+    for (int i = 0; i < a->nchunks; i++) r += a->chunks[i].size;
+    return r;
+}
+
 void arena_reset(Arena *a) {
     size_t used = arena_used_bytes(a);
     if (used > a->high_water) a->high_water = used;

@@ -41,11 +41,13 @@ static const char *USAGE =
 typedef struct {
     const char *weights, *inputs, *targets, *dump_grads, *amp, *device, *save_init;
     const char *gpu_preprocess; /* --gpu-preprocess on|off (NULL: on with --device cuda) */
+    const char *recompute;      /* --recompute backbone|none (NULL: none) */
     int threads, version, eval_only;
     size_t mem_limit, max_pixels;
     TrainLoopConfig tl;
     ModelOptions mo;
     int set_steps, set_lr_backbone;
+    float loss_scale;
 } Args;
 
 static int parse_args(int argc, char **argv, Args *a) {
@@ -108,9 +110,13 @@ static int parse_args(int argc, char **argv, Args *a) {
         {"eval-every", OPT_INT, &t->eval_every, "N", "COCO evaluation on the val split every N epochs and at the end (default 1; 0 = never)", NULL},
         {"val-size", OPT_INT, &t->val_size, "N", "val transform's short side (default 800; embedded dataset: 64)", NULL},
         {"eval-only", OPT_FLAG, &a->eval_only, NULL, "evaluate --weights on the val split and exit", NULL},
-        {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision (CUDA backend only; default off)", NULL},
+        {"amp", OPT_STR, &a->amp, "off|bf16|fp16", "mixed precision of convolutions and matrix products (fp32 master weights and optimizer; fp16 with dynamic loss scaling); on the CPU emulated, for checking numerics, not speed (default off)", NULL},
+        {"loss-scale", OPT_FLOAT, &a->loss_scale, "S", "with --amp fp16: the initial loss scale (default 65536, as torch's GradScaler)", NULL},
         {"device", OPT_STR, &a->device, "cpu|cuda", "where to train: cpu (default) or cuda (GPU 0; CUDA builds)", NULL},
         {"gpu-preprocess", OPT_STR, &a->gpu_preprocess, "on|off", "with --device cuda: the loader delivers uint8 images, copied on a copy stream and normalised on the GPU (default on)", NULL},
+        {"recompute", OPT_STR, &a->recompute, "backbone|none", "activation recomputation: backbone keeps only the "
+         "ResNet blocks' inputs/outputs and re-runs their convs in the backward (less activation memory, more backbone "
+         "compute, bitwise the same results; docs/recompute.md); default none", NULL},
         {"version", OPT_FLAG, &a->version, NULL, "print versions of the program and its libraries", NULL},
     };
     int n = 0;
@@ -141,6 +147,10 @@ static int parse_args(int argc, char **argv, Args *a) {
         fprintf(stderr, "error: --amp '%s': use off, bf16 or fp16\n", a->amp);
         return -1;
     }
+    if (a->recompute && strcmp(a->recompute, "backbone") && strcmp(a->recompute, "none")) {
+        fprintf(stderr, "error: --recompute '%s': use backbone or none\n", a->recompute);
+        return -1;
+    }
     if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
         fprintf(stderr, "error: --device '%s': use cpu or cuda\n", a->device);
         return -1;
@@ -164,16 +174,16 @@ static int parse_args(int argc, char **argv, Args *a) {
         return -1;
     }
     t->gpu_preprocess = on_gpu && !(a->gpu_preprocess && !strcmp(a->gpu_preprocess, "off"));
-    if (on_gpu && a->amp && strcmp(a->amp, "off")) {
-        fprintf(stderr, "error: --amp %s: mixed precision is not implemented yet; the CUDA backend "
-                "trains in float32 (use --amp off)\n", a->amp);
+    t->amp = !a->amp || !strcmp(a->amp, "off") ? PRECISION_FP32
+             : !strcmp(a->amp, "bf16")             ? PRECISION_BF16
+                                                   : PRECISION_FP16;
+    if (a->loss_scale != 0 && (t->amp != PRECISION_FP16 || !(a->loss_scale >= 1) || !isfinite(a->loss_scale))) {
+        fprintf(stderr, "error: --loss-scale %g: %s\n", a->loss_scale,
+                t->amp != PRECISION_FP16 ? "only --amp fp16 scales the loss (bf16 and float32 need no scaling)"
+                                         : "use a finite scale >= 1, e.g. 65536 (the default)");
         return -1;
     }
-    if (!on_gpu && a->amp && strcmp(a->amp, "off")) {
-        fprintf(stderr, "error: --amp %s needs the CUDA backend; the CPU backend trains in float32 "
-                "(use --amp off)\n", a->amp);
-        return -1;
-    }
+    t->loss_scale_init = a->loss_scale;
     if (t->data && (t->ann || t->images)) {
         fprintf(stderr, "error: --data conflicts with --ann/--images: give a dataset folder, or an "
                 "instances JSON with its image folder, not both\n");
@@ -241,6 +251,8 @@ static Detr *build_model(const Args *a, const Backend *be, int dataset_classes) 
     if (!a->weights && !a->mo.set_classes && dataset_classes > 0) cfg.num_classes = dataset_classes;
     Detr *m = detr_create(&cfg, be, a->tl.oc.lr_backbone > 0);
     detr_init(m, a->tl.seed);
+    /* before any forward: the memory estimate and the golden check see it too */
+    if (a->recompute && strcmp(a->recompute, "backbone") == 0) backbone_set_recompute(m->bb, 1);
     if (a->weights) {
         char err[16384];
         if (weights_load(m, a->weights, err, sizeof(err)) != 0) {
@@ -344,6 +356,17 @@ int main(int argc, char **argv) {
     if (runtime_init(a.threads) != 0) return 2;
     const Backend *be = select_backend(&a); /* first: no GPU fails before any work */
     if (!be) return 2;
+    if (a.tl.amp != PRECISION_FP32) {
+        if (!be->set_precision) {
+            fprintf(stderr, "error: --amp %s: this build's %s backend has no mixed precision (use --amp off)\n",
+                    a.amp, be->name);
+            return 2;
+        }
+        if (!strcmp(be->name, "cpu"))
+            printf("amp: %s on the CPU is emulated (operands and results rounded around float32 "
+                   "arithmetic): for checking numerics; it is slower than --amp off\n", a.amp);
+    }
+    if (be->set_precision) be->set_precision(a.tl.amp); /* training, evaluation and the memory probe */
     /* training sets the budget after its start-up estimate (train_check_memory) */
     if (a.mem_limit && (a.inputs || a.eval_only)) mem_set_limit(a.mem_limit);
     if (a.inputs && !a.mo.set_dropout) a.mo.dropout = 0, a.mo.set_dropout = 1; /* golden: no dropout */
@@ -381,9 +404,10 @@ int main(int argc, char **argv) {
         snprintf(model_json, sizeof(model_json),
                  "{\"depth\":%d,\"dilation\":%d,\"hidden\":%d,\"nheads\":%d,\"enc_layers\":%d,"
                  "\"dec_layers\":%d,\"ffn\":%d,\"queries\":%d,\"num_classes\":%d,\"dropout\":%g,"
-                 "\"pre_norm\":%d,\"aux_loss\":%d}", m->cfg.depth, m->cfg.dilation, m->cfg.hidden,
-                 m->cfg.nheads, m->cfg.enc_layers, m->cfg.dec_layers, m->cfg.ffn, m->cfg.queries,
-                 m->cfg.num_classes, m->cfg.dropout, m->cfg.pre_norm, m->cfg.aux_loss);
+                 "\"pre_norm\":%d,\"aux_loss\":%d,\"recompute\":\"%s\"}", m->cfg.depth, m->cfg.dilation,
+                 m->cfg.hidden, m->cfg.nheads, m->cfg.enc_layers, m->cfg.dec_layers, m->cfg.ffn,
+                 m->cfg.queries, m->cfg.num_classes, m->cfg.dropout, m->cfg.pre_norm, m->cfg.aux_loss,
+                 backbone_recompute(m->bb) ? "backbone" : "none");
     a.tl.command_line = cmdline;
     a.tl.model_json = model_json;
     if (!m) {

@@ -1,4 +1,5 @@
-/* resnet.c - see resnet.h. Reference: detr.md §1.2 (torchvision ResNet v1.5, FrozenBatchNorm2d). */
+/* resnet.c - see resnet.h. Reference: detr.md §1.2 (torchvision ResNet v1.5, FrozenBatchNorm2d).
+ * Activation recomputation (backbone_set_recompute): docs/recompute.md. */
 #include "resnet.h"
 #include <math.h>
 #include <stdio.h>
@@ -23,7 +24,8 @@ typedef struct {
     int bottleneck, has_ds;
     /* saved by forward (CNHW, from the arena) */
     const float *x;     /* [cin, B, H, W] block input */
-    float *y1, *y2;     /* outputs of bn1+relu, bn2+relu (y2 only for bottleneck) */
+    float *y1, *y2;     /* outputs of bn1+relu, bn2+relu (y2 only for bottleneck); with
+                         * recomputation, rebuilt in the scratch just before the block's backward */
     float *z;           /* [cout, B, Ho, Wo] block output after the residual ReLU */
 } Block;
 
@@ -36,7 +38,14 @@ struct Backbone {
     PoolShape pool;
     int B;
     double fwd_flops, bwd_flops;
+    int recompute;               /* backbone_set_recompute: applies from the next forward */
+    int recomputed;              /* the last forward kept checkpoints only: its backward recomputes */
+    Arena *scratch;              /* one block's internals and gradient temporaries, reset per block */
+    Arena *carry[2];             /* ping-pong: frozen block outputs (forward), input gradients
+                                  * (backward); each holds one tensor at a time */
 };
+
+static int block_trainable(const Block *b) { return !b->c1.frozen; }
 
 static void declare_convbn(ParamSet *ps, ConvBN *c, int frozen, const char *wname,
                            const char *bnprefix, int cin, int cout, int k, int stride, int pad,
@@ -142,7 +151,22 @@ void backbone_destroy(Backbone *bb, const Backend *be) {
         if (b->has_ds) convbn_free(&b->ds, be);
     }
     free(bb->blocks);
+    arena_destroy(bb->scratch);
+    arena_destroy(bb->carry[0]);
+    arena_destroy(bb->carry[1]);
     free(bb);
+}
+
+void backbone_set_recompute(Backbone *bb, int on) { bb->recompute = on != 0; }
+
+int backbone_recompute(const Backbone *bb) { return bb->recompute; }
+
+void backbone_recompute_memory(const Backbone *bb, size_t *bytes, int *chunks) {
+    const Arena *a[3] = {bb->scratch, bb->carry[0], bb->carry[1]};
+    *bytes = 0;
+    *chunks = 0;
+    for (int i = 0; i < 3; i++)
+        if (a[i]) *bytes += arena_reserved_bytes(a[i]), *chunks += arena_chunk_count(a[i]);
 }
 
 int backbone_channels(const Backbone *bb) { return bb->channels; }
@@ -216,6 +240,28 @@ void backbone_prepare(Backbone *bb, const Backend *be) {
     for_each_convbn(bb, prepare_convbn, be, NULL);
 }
 
+/* Output positions B*Ho*Wo of the last forward's geometry. */
+static size_t convbn_positions(const ConvBN *c) {
+    return (size_t)c->shape.B * c->shape.Ho * c->shape.Wo;
+}
+
+static double convbn_flops(const ConvBN *c) {
+    return 2.0 * c->cout * (double)c->cin * c->k * c->k * (double)convbn_positions(c);
+}
+
+/* y = FrozenBN(conv(x)) (+ReLU) with the geometry in c->shape. The forward and the recomputation
+ * both run this, so a recomputed activation is the same computation as the original. */
+static void convbn_apply(const ConvBN *c, const Backend *be, const float *x, float *y, int relu) {
+    size_t n = convbn_positions(c);
+    if (c->frozen) {
+        be->conv2d_forward(&c->shape, x, c->wfold, c->shift, y);
+        if (relu) be->relu_forward(y, y, (size_t)c->cout * n);
+    } else {
+        be->conv2d_forward(&c->shape, x, c->w, NULL, y);
+        be->channel_affine(y, c->scale, c->shift, y, c->cout, n, relu);
+    }
+}
+
 /* conv + FrozenBN (+ReLU) forward: x [cin, B, H, W] -> y [cout, B, Ho, Wo] from the arena. */
 static float *convbn_forward(Backbone *bb, ConvBN *c, const Backend *be, Arena *acts,
                              const float *x, int B, int H, int W, int relu) {
@@ -223,40 +269,43 @@ static float *convbn_forward(Backbone *bb, ConvBN *c, const Backend *be, Arena *
     *s = (ConvShape){.B = B, .Cin = c->cin, .H = H, .W = W, .Cout = c->cout, .kh = c->k,
                      .kw = c->k, .stride = c->stride, .pad = c->pad, .dil = c->dil};
     conv_shape_init(s);
-    size_t n = (size_t)B * s->Ho * s->Wo;
-    float *y = arena_alloc(acts, (size_t)c->cout * n);
-    double flops = 2.0 * c->cout * (double)c->cin * c->k * c->k * (double)n;
+    float *y = arena_alloc(acts, (size_t)c->cout * convbn_positions(c));
+    double flops = convbn_flops(c);
     bb->fwd_flops += flops;
-    if (c->frozen) {
-        be->conv2d_forward(s, x, c->wfold, c->shift, y);
-        if (relu) be->relu_forward(y, y, (size_t)c->cout * n);
-    } else {
-        be->conv2d_forward(s, x, c->w, NULL, y);
-        be->channel_affine(y, c->scale, c->shift, y, c->cout, n, relu);
-        bb->bwd_flops += 2 * flops; /* weight grad + data grad */
-    }
+    if (!c->frozen) bb->bwd_flops += 2 * flops; /* weight grad + data grad */
+    convbn_apply(c, be, x, y, relu);
     return y;
 }
 
-static float *block_forward(Backbone *bb, Block *b, const Backend *be, Arena *acts, const float *x,
-                            int B, int *H, int *W) {
+/* The forward of c again, on the geometry of the last forward, into the arena. */
+static float *convbn_recompute(const ConvBN *c, const Backend *be, Arena *a, const float *x,
+                               int relu) {
+    float *y = arena_alloc(a, (size_t)c->cout * convbn_positions(c));
+    convbn_apply(c, be, x, y, relu);
+    return y;
+}
+
+/* The block's internal activations (y1, y2, the downsample branch) come from `inner`, its output
+ * z from `out` (the same arena without recomputation). */
+static float *block_forward(Backbone *bb, Block *b, const Backend *be, Arena *inner, Arena *out,
+                            const float *x, int B, int *H, int *W) {
     b->x = x;
-    b->y1 = convbn_forward(bb, &b->c1, be, acts, x, B, *H, *W, 1);
+    b->y1 = convbn_forward(bb, &b->c1, be, inner, x, B, *H, *W, 1);
     ConvShape *s1 = &b->c1.shape;
     float *last;
     ConvShape *sl;
     if (b->bottleneck) {
-        b->y2 = convbn_forward(bb, &b->c2, be, acts, b->y1, B, s1->Ho, s1->Wo, 1);
+        b->y2 = convbn_forward(bb, &b->c2, be, inner, b->y1, B, s1->Ho, s1->Wo, 1);
         ConvShape *s2 = &b->c2.shape;
-        last = convbn_forward(bb, &b->c3, be, acts, b->y2, B, s2->Ho, s2->Wo, 0);
+        last = convbn_forward(bb, &b->c3, be, out, b->y2, B, s2->Ho, s2->Wo, 0);
         sl = &b->c3.shape;
     } else {
-        last = convbn_forward(bb, &b->c2, be, acts, b->y1, B, s1->Ho, s1->Wo, 0);
+        last = convbn_forward(bb, &b->c2, be, out, b->y1, B, s1->Ho, s1->Wo, 0);
         sl = &b->c2.shape;
     }
     size_t n = (size_t)sl->Cout * B * sl->Ho * sl->Wo;
     const float *identity = x;
-    if (b->has_ds) identity = convbn_forward(bb, &b->ds, be, acts, x, B, *H, *W, 0);
+    if (b->has_ds) identity = convbn_forward(bb, &b->ds, be, inner, x, B, *H, *W, 0);
     be->add_relu(last, identity, last, n); /* z = relu(bn(conv) + identity), in place */
     b->z = last;
     *H = sl->Ho;
@@ -264,22 +313,61 @@ static float *block_forward(Backbone *bb, Block *b, const Backend *be, Arena *ac
     return last;
 }
 
+/* With recomputation: where the output of block i (i = -1: the stem's max-pool) goes. The
+ * backward needs it when block i or i+1 trains, and the caller needs the last one: the step's
+ * arena. Otherwise it only feeds the next frozen block: a carry arena, alternating so that the
+ * block's input (in the other one) stays intact while it runs. */
+static Arena *recompute_output_arena(Backbone *bb, int i, Arena *acts) {
+    if (i == bb->nblocks - 1 || (i >= 0 && block_trainable(&bb->blocks[i])) ||
+        block_trainable(&bb->blocks[i + 1]))
+        return acts;
+    Arena *c = bb->carry[(i + 2) % 2];
+    arena_reset(c); /* it held the output of block i-2, consumed by block i-1 */
+    return c;
+}
+
 float *backbone_forward(Backbone *bb, const Backend *be, Arena *acts, const float *x, int B, int H,
                         int W, int *h, int *w) {
     bb->B = B;
     bb->fwd_flops = bb->bwd_flops = 0;
-    float *y = convbn_forward(bb, &bb->stem, be, acts, x, B, H, W, 1);
+    int recomp = bb->recomputed = bb->recompute;
+    if (recomp && !bb->scratch) {
+        bb->scratch = arena_create(be, MEM_ACTS);
+        bb->carry[0] = arena_create(be, MEM_ACTS);
+        bb->carry[1] = arena_create(be, MEM_ACTS);
+    } else if (!recomp && bb->scratch) { /* switched off: give the memory back */
+        arena_destroy(bb->scratch);
+        arena_destroy(bb->carry[0]);
+        arena_destroy(bb->carry[1]);
+        bb->scratch = bb->carry[0] = bb->carry[1] = NULL;
+    }
+    /* without recomputation every buffer comes from acts, in this order */
+    Arena *inner = recomp ? bb->scratch : acts;
+    if (recomp) arena_reset(inner);
+    float *y = convbn_forward(bb, &bb->stem, be, inner, x, B, H, W, 1);
     bb->pool = (PoolShape){.C = 64, .B = B, .H = bb->stem.shape.Ho, .W = bb->stem.shape.Wo,
                            .k = 3, .stride = 2, .pad = 1};
     pool_shape_init(&bb->pool);
     size_t np = (size_t)64 * B * bb->pool.Ho * bb->pool.Wo;
-    float *p = arena_alloc(acts, np);
-    int32_t *argmax = arena_alloc_bytes(acts, np * sizeof(int32_t));
+    float *p = arena_alloc(recomp ? recompute_output_arena(bb, -1, acts) : acts, np);
+    int32_t *argmax = arena_alloc_bytes(inner, np * sizeof(int32_t));
     be->maxpool_forward(&bb->pool, y, p, argmax);
     H = bb->pool.Ho;
     W = bb->pool.Wo;
     const float *cur = p;
-    for (int i = 0; i < bb->nblocks; i++) cur = block_forward(bb, &bb->blocks[i], be, acts, cur, B, &H, &W);
+    for (int i = 0; i < bb->nblocks; i++) {
+        Block *b = &bb->blocks[i];
+        if (!recomp) {
+            cur = block_forward(bb, b, be, acts, acts, cur, B, &H, &W);
+            continue;
+        }
+        arena_reset(inner); /* the previous block's internals are dead */
+        cur = block_forward(bb, b, be, inner, recompute_output_arena(bb, i, acts), cur, B, &H, &W);
+        if (block_trainable(b)) {
+            b->y1 = b->y2 = NULL; /* in the scratch: rebuilt by the backward */
+            bb->bwd_flops += convbn_flops(&b->c1) + (b->bottleneck ? convbn_flops(&b->c2) : 0);
+        }
+    }
     *h = H;
     *w = W;
     return (float *)cur;
@@ -322,17 +410,32 @@ static void block_backward(Backbone *bb, Block *b, const Backend *be, Arena *act
     convbn_backward(bb, &b->c1, be, acts, dy1, b->y1, 1, b->x, dx);
 }
 
+/* Rebuilds what block_backward reads besides the checkpoints x and z: y1 (and y2). The output
+ * of the last conv and the downsample branch are not needed (z stands for them). */
+static void block_recompute(Block *b, const Backend *be, Arena *a) {
+    b->y1 = convbn_recompute(&b->c1, be, a, b->x, 1);
+    if (b->bottleneck) b->y2 = convbn_recompute(&b->c2, be, a, b->y1, 1);
+}
+
 void backbone_backward(Backbone *bb, const Backend *be, Arena *acts, const float *dfeat) {
     const float *dz = dfeat;
     for (int i = bb->nblocks - 1; i >= bb->first_trainable; i--) {
         Block *b = &bb->blocks[i];
-        if (b->c1.frozen) break; /* the whole backbone is frozen */
+        if (!block_trainable(b)) break; /* the whole backbone is frozen */
+        Arena *tmp = acts, *dx_arena = acts;
+        if (bb->recomputed) {
+            tmp = bb->scratch;
+            arena_reset(tmp); /* the previous block's recomputed activations and temporaries */
+            block_recompute(b, be, tmp);
+            dx_arena = bb->carry[i % 2]; /* dz is in the other one (or is dfeat) */
+        }
         float *dx = NULL;
         if (i > bb->first_trainable) {
             const ConvShape *s = &b->c1.shape; /* block input geometry */
-            dx = arena_zeros(acts, (size_t)s->Cin * s->B * s->H * s->W);
+            if (bb->recomputed) arena_reset(dx_arena);
+            dx = arena_zeros(dx_arena, (size_t)s->Cin * s->B * s->H * s->W);
         }
-        block_backward(bb, b, be, acts, dz, dx);
+        block_backward(bb, b, be, tmp, dz, dx);
         dz = dx;
     }
 }

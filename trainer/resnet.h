@@ -30,7 +30,21 @@ float *backbone_forward(Backbone *bb, const Backend *be, Arena *acts, const floa
                         int W, int *h, int *w);
 /* dfeat: [C, B, h, w]. Accumulates the gradients of the trainable convs. */
 void backbone_backward(Backbone *bb, const Backend *be, Arena *acts, const float *dfeat);
-/* Analytic FLOPs of the last forward (multiply-add = 2 FLOPs), and of its backward. */
+/* Activation recomputation (docs/recompute.md), off by default; applies from the next forward
+ * (a backward follows the mode of its forward). On: the forward keeps only the block inputs and
+ * outputs (checkpoints) of the trainable blocks and layer1's output, running every block's
+ * internals (and the frozen stem and layer1 entirely) in a scratch arena reset per block; the
+ * backward re-runs each trainable block's convs from its saved input just before that block's
+ * backward, with the block's gradient temporaries in the same scratch. Same ops on the same
+ * inputs: results are bitwise those without recomputation. Off again: the scratch is freed at the
+ * next forward. */
+void backbone_set_recompute(Backbone *bb, int on);
+int backbone_recompute(const Backbone *bb);
+/* Memory of recomputation's own arenas (scratch and the two carries, charged to MEM_ACTS): bytes
+ * reserved and backend allocations held now (3 in the steady state; 0 when never on). */
+void backbone_recompute_memory(const Backbone *bb, size_t *bytes, int *chunks);
+/* Analytic FLOPs of the last forward (multiply-add = 2 FLOPs), and of its backward (with
+ * recomputation, the backward's FLOPs include the re-run convs). */
 double backbone_forward_flops(const Backbone *bb);
 double backbone_backward_flops(const Backbone *bb);
 

@@ -197,7 +197,8 @@ int train_check_memory(const TrainLoopConfig *c, Detr *m, size_t limit) {
             e.side, e.slots);
     mem_estimate_print(stderr, &e, limit);
     fprintf(stderr, "HINT: lower --batch, --max-size/--scales or --prefetch, use --accum for the same "
-            "effective batch, or raise --mem-limit.\n");
+            "effective batch,%s or raise --mem-limit.\n",
+            backbone_recompute(m->bb) ? "" : " use --recompute backbone (less activation memory for ~20% more time),");
     return EXIT_OOM;
 }
 
