@@ -4,7 +4,9 @@
 #   make run        set up, build, train the tiny preset on the embedded default with profiling
 #   make asan       build and run the tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench      benchmarks against the PyTorch reference (results in docs/benchmarks.md)
-#   make gpu-check  GPU verification script (needs a GPU)
+#   make gpu-check  GPU verification script (needs a GPU; docs/gpu-check.md)
+#   make gpu-bench  the GPU benchmark against PyTorch on the same card (docs/gpu-benchmark.md)
+#   make gpu-bundle programs + runtime libraries for a GPU machine without package access
 
 CC       ?= gcc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -55,7 +57,7 @@ TEST_BINS := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test run asan tsan bench gpu-check setup clean
+.PHONY: all test run asan tsan bench gpu-check gpu-bench gpu-bundle setup clean
 all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
 
 # Front-end files embedded into detr-prof (profiler/assets.h): the report and dashboard pages and
@@ -149,7 +151,14 @@ gpu-check:
 	@$(MAKE) --no-print-directory all CUDA=1
 	@scripts/gpu_check.sh
 
+gpu-bench:
+	@$(MAKE) --no-print-directory all CUDA=1
+	@/usr/bin/env python3 bench/gpu_bench.py $(GPU_BENCH_ARGS)
+
+gpu-bundle:
+	@scripts/gpu_bundle.sh
+
 clean:
-	rm -rf build build-cpu build-asan build-tsan node_modules
+	rm -rf build build-cpu build-asan build-tsan build-gpu .gpu-deps node_modules
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

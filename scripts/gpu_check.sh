@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the GPU verification of the CUDA build, run by `make gpu-check` (which builds
-# with CUDA=1 first). One prepared run of at most GPU_CHECK_BUDGET seconds (default 480):
+# with CUDA=1 first), or on a GPU machine with the programs carried in .gpu-deps/ (made by
+# scripts/gpu_bundle.sh; docs/gpu-check.md). One prepared run of at most GPU_CHECK_BUDGET seconds
+# (default 480):
 #   info         nvidia-smi and detr-train --version (the build's CUDA libraries and GPU code)
 #   backend_ops  build/tests/test_backend_ops: every CUDA op against the CPU backend
 #   input_batch  build/tests/test_input_batch: the uint8 copy-stream path against the CPU, bitwise
 #   train50      50 training steps of the tiny preset on the GPU; the loss must fall (mean of the
 #                first 5 steps vs the last 5, from OUT/train.jsonl)
+#   train50_bf16, train50_fp16  the same with --amp bf16 / --amp fp16; fp16 also reports the
+#                steps its loss scaler skipped (train.jsonl update_skipped), fewer than half
+#   trace        --profile=trace on the tiny preset: the CUPTI tables non-empty and consistent
+#                (SQL on the database: every kernel attributed to a phase; kernel time per step
+#                within the step; raw rows = per-step aggregates; kernels inside their step on the
+#                clock; host-to-device bytes per step = what the data path copies)
+#   overhead     steps/s of the r50 preset (512x512, batch 2) without profiling, with
+#                --profile=basic and with --profile=trace, alternating; targets 2 % and 10 %
 #   oom_budget   golden mode under --mem-limit 4M: exit 3 and the allocator's explanation
 #   oom_estimate training under --mem-limit 32M: exit 3 from the start-up estimate (run on the GPU)
 #   fixtures     weights/inputs/targets for the golden comparison: build/fixtures/<cfg> if present,
@@ -15,15 +25,23 @@
 # Usage: scripts/gpu_check.sh [LOG_DIR]   (default: $OUT, else gpu-check-logs). Full logs go to
 # LOG_DIR/<step>.log; the summary table is printed last. Exit 0 when every step passed, 1 when
 # one failed, 2 when there is no GPU (immediately) or no CUDA build. Every step has a timeout;
-# a failing step does not stop the later ones.
+# a failing step does not stop the later ones. The .safetensors files a step writes (weights,
+# checkpoints, gradient dumps: hundreds of MB) are deleted once its verdict is logged, the rest at
+# the end, unless GPU_CHECK_KEEP=1, so that LOG_DIR (a device session's $OUT) stays small.
+# BUILD picks the programs' folder (default build, else .gpu-deps/build); with .gpu-deps/ present
+# (GPU_DEPS_DIR), its libraries are made resolvable first (scripts/gpu_bundle.sh env).
+# GPU_CHECK_OVERHEAD_ROUNDS (default 3) and GPU_CHECK_OVERHEAD_SECONDS (default 150) bound the
+# overhead step.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-BUILD=${BUILD:-build}
+DEPS=${GPU_DEPS_DIR:-.gpu-deps} # the bundle of scripts/gpu_bundle.sh, when carried here
+if [ -z "${BUILD:-}" ]; then
+    BUILD=build
+    [ ! -x build/detr-train ] && [ -x "$DEPS/build/detr-train" ] && BUILD=$DEPS/build
+fi
 TRAIN=$BUILD/detr-train
 LOGS=${1:-${OUT:-gpu-check-logs}}
 BUDGET=${GPU_CHECK_BUDGET:-480}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
 THREADS=$(nproc 2>/dev/null || echo 4)
 
 # ---- no GPU, no CUDA build: say so and stop ---------------------------------------------------
@@ -35,9 +53,30 @@ if ! gpu_list=$(nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpu_list"; then
     echo "gpu_check: no GPU: nvidia-smi -L says: $gpu_list" >&2
     exit 2
 fi
+if [ -d "$DEPS" ]; then # the carried bundle: its libraries, only those this machine lacks
+    if ! bundle_env=$(GPU_DEPS_DIR=$DEPS PY=${PY:-} bash scripts/gpu_bundle.sh env); then
+        echo "gpu_check: the libraries of $DEPS cannot be resolved on this machine (above)" >&2
+        exit 2
+    fi
+    eval "$bundle_env"
+fi
 if [ ! -x "$TRAIN" ] || ! "$TRAIN" --version 2>/dev/null | grep -q 'CUDA runtime'; then
     echo "gpu_check: $TRAIN is missing or was built without CUDA; run make gpu-check (builds with CUDA=1)" >&2
     exit 2
+fi
+# Python for the verdicts (json, sqlite3; numpy for the golden comparison; torch for the fixtures
+# when it is there): $PY, else the first of /usr/bin/python3 and python3 with numpy and torch, then
+# with numpy alone (a GPU machine's torch may live in another Python than /usr/bin/python3).
+if [ -z "${PY:-}" ]; then
+    for want in "numpy, torch" numpy ""; do
+        for cand in /usr/bin/python3 python3; do
+            if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import json, sqlite3${want:+, $want}" 2>/dev/null; then
+                PY=$cand
+                break 2
+            fi
+        done
+    done
+    PY=${PY:-python3}
 fi
 mkdir -p "$LOGS" || { echo "gpu_check: cannot create the log folder $LOGS" >&2; exit 2; }
 LOGS=$(cd "$LOGS" && pwd)
@@ -56,6 +95,13 @@ record() {
     names+=("$1") statuses+=("$2") times+=("$secs") notes+=("$4")
     [ "$2" = FAIL ] && failures=$((failures + 1))
     printf '%-15s %-4s %6ss  %s\n' "$1" "$2" "$secs" "$4"
+}
+
+# drop_weights PATH...: deletes the .safetensors files under PATH (GPU_CHECK_KEEP=1: keeps them).
+drop_weights() {
+    [ "${GPU_CHECK_KEEP:-0}" = 1 ] && return 0
+    find "$@" -name '*.safetensors' -type f -delete 2>/dev/null
+    return 0
 }
 
 # limit WANTED: the seconds a command may take, within what is left of the budget (0: none left).
@@ -111,32 +157,327 @@ step_gpu_test() { # NAME TEST: a C test program whose GPU checks must all run an
     fi
 }
 
-# ---- 50 training steps on the GPU -------------------------------------------------------------
-step_train50() {
-    local t0 log=$LOGS/train50.log out=$LOGS/train50
+# ---- 50 training steps on the GPU (float32, bf16, fp16) ----------------------------------------
+step_train50() { # NAME [--amp bf16|fp16]
+    local name=$1 t0 log=$LOGS/$1.log out=$LOGS/$1
+    shift
     t0=$(now_ms)
     : >"$log"
     rm -rf "$out"
-    run 180 "$log" "$TRAIN" --device cuda --batch 8 --steps 50 --eval-every 0 --log-every 10 --out "$out"
+    run 180 "$log" "$TRAIN" --device cuda --batch 8 --steps 50 --eval-every 0 --log-every 10 "$@" --out "$out"
     local rc=$?
-    if [ $rc -ne 0 ]; then record train50 FAIL "$t0" "detr-train exit $rc (train50.log)"; return; fi
+    if [ $rc -ne 0 ]; then drop_weights "$out"; record "$name" FAIL "$t0" "detr-train exit $rc ($name.log)"; return; fi
     local verdict
-    verdict=$("$PY" - "$out/train.jsonl" <<'EOF' 2>&1
-import json, math, sys
-losses = [json.loads(line)["loss"] for line in open(sys.argv[1]) if '"step"' in line]
+    verdict=$("$PY" - "$out/train.jsonl" "$*" "$log" <<'EOF' 2>&1
+import json, math, re, sys
+path, amp_args, log = sys.argv[1], sys.argv[2], sys.argv[3]
+steps = [json.loads(line) for line in open(path) if '"step"' in line]
+losses = [s["loss"] for s in steps]
 if len(losses) < 10:
     print(f"FAIL only {len(losses)} steps logged"); sys.exit()
 if not all(math.isfinite(x) for x in losses):
     print("FAIL a non-finite loss was logged"); sys.exit()
 first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-print(f"{'PASS' if last < first else 'FAIL'} loss {first:.4f} (steps 1-5) -> {last:.4f} "
-      f"(last 5 of {len(losses)})")
+ok, extra = last < first, ""
+if "fp16" in amp_args:  # the loss scaler's record: train.jsonl loss_scale / update_skipped
+    if not all("update_skipped" in s and "loss_scale" in s for s in steps):
+        print("FAIL --amp fp16: train.jsonl lacks loss_scale/update_skipped on some steps"); sys.exit()
+    skipped = sum(int(s["update_skipped"]) for s in steps)
+    summary = re.search(r"fp16 loss scaling: (\d+) of (\d+) steps skipped", open(log).read())
+    agree = summary is None or int(summary.group(1)) == skipped
+    ok = ok and skipped < len(steps) / 2 and agree
+    extra = (f"; {skipped} of {len(steps)} steps skipped by the loss scaler"
+             f"{'' if agree else ' (the end-of-run line says ' + summary.group(1) + ')'}, "
+             f"scale {steps[0]['loss_scale']:g} -> {steps[-1]['loss_scale']:g}")
+print(f"{'PASS' if ok else 'FAIL'} loss {first:.4f} (steps 1-5) -> {last:.4f} "
+      f"(last 5 of {len(losses)}){extra}")
+EOF
+)
+    echo "$verdict" >>"$log"
+    drop_weights "$out"
+    local last
+    last=$(tail -n 1 <<<"$verdict")
+    record "$name" "$(cut -d' ' -f1 <<<"$last" | grep -E '^(PASS|FAIL)$' || echo FAIL)" "$t0" \
+        "$(cut -d' ' -f2- <<<"$last")"
+}
+
+# ---- a traced run: the CUPTI tables, checked with SQL ----------------------------------------
+TRACE_STEPS=2:1:4:1 # steps 1-2 skipped, 3 warm-up, 4-7 recorded
+
+# trace_verdict DB JSONL SCHEDULE: the checks, one line each, then "PASS|FAIL <summary>".
+trace_verdict() {
+    "$PY" - "$@" <<'EOF' 2>&1
+import json, sqlite3, sys
+db, jsonl, schedule = sys.argv[1:4]
+try:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con.execute("SELECT count(*) FROM DETR_RUNS").fetchone()
+except sqlite3.Error as e:
+    print(f"FAIL cannot read {db}: {e}"); sys.exit()
+q = lambda sql, *a: con.execute(sql, a).fetchall()  # noqa: E731
+fails = []
+def check(ok, what):
+    print(("  ok    " if ok else "  FAIL  ") + what)
+    if not ok:
+        fails.append(what.split(":")[0].split(" (")[0])
+
+(run_id, level, device, status, gpid, dropped, dropped_gpu, cupti_dropped, cfg, run_end) = q(
+    "SELECT run_id, level, device, status, global_pid, dropped_records, dropped_gpu_records, "
+    "cupti_dropped_records, config_json, end_ns FROM DETR_RUNS ORDER BY run_id DESC LIMIT 1")[0]
+pid = gpid >> 24
+check(level == "trace" and str(device).startswith("cuda") and status == "ok",
+      f"run: {run_id}, level {level}, device {device}, status {status}")
+check(dropped == 0 and dropped_gpu == 0 and cupti_dropped == 0,
+      f"lost records: queue {dropped}, GPU batches {dropped_gpu}, CUPTI {cupti_dropped}")
+
+# ---- the tables are there and hold this run's rows ----
+tables = {r[0] for r in q("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+counts = {}
+for table, where, args in [
+        ("CUPTI_ACTIVITY_KIND_KERNEL", "globalPid = ?", (gpid,)),
+        ("CUPTI_ACTIVITY_KIND_MEMCPY", "globalPid = ?", (gpid,)),
+        ("CUPTI_ACTIVITY_KIND_RUNTIME", "(globalTid >> 24) = ?", (pid,)),
+        ("CUPTI_ACTIVITY_KIND_SYNCHRONIZATION", "globalPid = ?", (gpid,)),
+        ("CUPTI_ACTIVITY_KIND_MEMSET", "globalPid = ?", (gpid,)),
+        ("DETR_GPU_CORRELATION", "run_id = ?", (run_id,)),
+        ("DETR_GPU_STEPS", "run_id = ?", (run_id,)),
+        ("TARGET_INFO_GPU", "vmId = ?", (run_id,)),
+        ("ENUM_CUDA_MEMCPY_OPER", "1", ()), ("ENUM_CUDA_MEM_KIND", "1", ())]:
+    counts[table] = q(f"SELECT count(*) FROM {table} WHERE {where}", *args)[0][0] if table in tables else None
+optional = {"CUPTI_ACTIVITY_KIND_MEMSET"}  # the trainer fills with kernels; memsets may not occur
+empty = [t for t, n in counts.items() if not n and t not in optional]
+check(not empty, "tables (non-empty): " + ", ".join(f"{t.replace('CUPTI_ACTIVITY_KIND_', '')} {n}"
+                                                   for t, n in counts.items()))
+if counts["CUPTI_ACTIVITY_KIND_KERNEL"] and counts["DETR_GPU_STEPS"] and counts["DETR_GPU_CORRELATION"]:
+    bad_times = q("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL WHERE globalPid = ? AND NOT "
+                  "(start > 0 AND \"end\" >= start)", gpid)[0][0]
+    check(bad_times == 0, f"kernel times (start > 0, end >= start): {bad_times} rows wrong")
+
+    # ---- attribution: every kernel to a phase ----
+    orphans = q("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL k WHERE k.globalPid = ? AND NOT EXISTS "
+                "(SELECT 1 FROM DETR_GPU_CORRELATION c WHERE c.run_id = ? AND c.correlationId = k.correlationId)",
+                gpid, run_id)[0][0]
+    by_phase = q("SELECT p.value, count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN DETR_GPU_CORRELATION c "
+                 "ON c.run_id = ? AND c.correlationId = k.correlationId JOIN StringIds p ON p.id = c.name_id "
+                 "WHERE k.globalPid = ? GROUP BY 1 ORDER BY 2 DESC", run_id, gpid)
+    check(orphans == 0, f"attribution (every traced kernel has a phase in DETR_GPU_CORRELATION): {orphans} without; "
+          + ", ".join(f"{p} {n}" for p, n in by_phase))
+    steps = dict(q("SELECT step, wall_ns FROM DETR_STEPS WHERE run_id = ?", run_id))
+    if not steps:
+        print("FAIL steps: DETR_STEPS has no rows for the run"); sys.exit()
+    unattributed = q("SELECT coalesce(sum(g.count), 0) FROM DETR_GPU_STEPS g JOIN StringIds s ON s.id = g.phase_id "
+                     "WHERE g.run_id = ? AND g.activity = 'kernel' AND s.value = 'unattributed' AND g.step IN "
+                     "(SELECT step FROM DETR_STEPS WHERE run_id = ?)", run_id, run_id)[0][0]
+    gpu_steps = {r[0] for r in q("SELECT DISTINCT step FROM DETR_GPU_STEPS WHERE run_id = ? AND activity = "
+                                 "'kernel'", run_id)}
+    check(unattributed == 0 and set(steps) <= gpu_steps,
+          f"aggregates (every step has kernels, none unattributed): {unattributed} unattributed kernels in "
+          f"steps; steps without kernel rows: {sorted(set(steps) - gpu_steps)}; steps outside DETR_STEPS: "
+          f"{sorted(gpu_steps - set(steps) - {-1})}")
+
+    # ---- the recorded steps follow --trace-steps ----
+    w, wu, a, *rest = (int(x) for x in schedule.split(":"))
+    repeat, first = (rest[0] if rest else 0), min(steps)
+    expected, k = set(), 0
+    while (repeat == 0 or k < repeat) and first + k * (w + wu + a) <= max(steps):
+        base = first + k * (w + wu + a) + w + wu
+        expected |= {s for s in range(base, base + a) if s in steps}
+        k += 1
+    recorded = {r[0] for r in q("SELECT DISTINCT step FROM DETR_GPU_CORRELATION WHERE run_id = ?", run_id)}
+    check(recorded == expected, f"schedule (recorded steps = --trace-steps {schedule}): {sorted(recorded)} "
+          f"(expected {sorted(expected)})")
+
+    # ---- raw rows = aggregates, for every recorded step ----
+    mism = []
+    for s in sorted(recorded):
+        raw = q("SELECT count(*), coalesce(sum(k.\"end\" - k.start), 0) FROM CUPTI_ACTIVITY_KIND_KERNEL k "
+                "JOIN DETR_GPU_CORRELATION c ON c.run_id = ? AND c.correlationId = k.correlationId "
+                "WHERE k.globalPid = ? AND c.step = ?", run_id, gpid, s)[0]
+        agg = q("SELECT coalesce(sum(count), 0), coalesce(sum(total_ns), 0) FROM DETR_GPU_STEPS "
+                "WHERE run_id = ? AND step = ? AND activity = 'kernel'", run_id, s)[0]
+        rawc = q("SELECT coalesce(sum(m.bytes), 0) FROM CUPTI_ACTIVITY_KIND_MEMCPY m JOIN DETR_GPU_CORRELATION c "
+                 "ON c.run_id = ? AND c.correlationId = m.correlationId WHERE m.globalPid = ? AND c.step = ?",
+                 run_id, gpid, s)[0][0]
+        aggc = q("SELECT coalesce(sum(bytes), 0) FROM DETR_GPU_STEPS WHERE run_id = ? AND step = ? AND "
+                 "activity = 'memcpy'", run_id, s)[0][0]
+        if tuple(raw) != tuple(agg) or rawc != aggc:
+            mism.append(f"step {s}: kernels raw {tuple(raw)} vs aggregate {tuple(agg)}, copy bytes {rawc} vs {aggc}")
+    check(not mism, "raw = aggregates (kernel count and time, copy bytes of the recorded steps in DETR_GPU_STEPS)"
+          + (": " + "; ".join(mism[:3]) if mism else ": equal"))
+
+    # ---- kernel time per step <= step time ----
+    # Kernels of one stream run one after another, and the host waits for them before the step
+    # ends (logits download, gradient norm), except the optimizer's, which may finish in the next
+    # step: kernel time - optimizer kernel time <= wall time, per step.
+    kern = dict(q("SELECT step, sum(total_ns) FROM DETR_GPU_STEPS WHERE run_id = ? AND activity = 'kernel' "
+                  "GROUP BY step", run_id))
+    opt = dict(q("SELECT g.step, sum(g.total_ns) FROM DETR_GPU_STEPS g JOIN StringIds s ON s.id = g.phase_id "
+                 "WHERE g.run_id = ? AND g.activity = 'kernel' AND s.value = 'optimizer' GROUP BY g.step", run_id))
+    over = [(s, kern.get(s, 0), opt.get(s, 0), wall) for s, wall in sorted(steps.items())
+            if kern.get(s, 0) - opt.get(s, 0) > wall]
+    worst = max(steps, key=lambda s: kern.get(s, 0) / steps[s])
+    check(not over, f"kernel time <= step time: busiest step {worst}: "
+          f"{kern.get(worst, 0) / 1e6:.2f} ms of kernels in {steps[worst] / 1e6:.2f} ms"
+          + "".join(f"; step {s}: {k / 1e6:.2f} ms kernels ({o / 1e6:.2f} optimizer) > {wl / 1e6:.2f} ms"
+                    for s, k, o, wl in over[:3]))
+
+    # ---- one clock: the kernels of a recorded step run between its start and the next step's end ----
+    bounds = q("SELECT step, start_ns, end_ns FROM DETR_STEPS WHERE run_id = ? ORDER BY step", run_id)
+    nxt = {bounds[i][0]: bounds[i + 1][2] for i in range(len(bounds) - 1)}
+    slack, outside = 2_000_000, []
+    for s, start, _ in bounds:
+        if s not in recorded:
+            continue
+        lo, hi = q("SELECT min(k.start), max(k.\"end\") FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN DETR_GPU_CORRELATION c "
+                   "ON c.run_id = ? AND c.correlationId = k.correlationId WHERE k.globalPid = ? AND c.step = ?",
+                   run_id, gpid, s)[0]
+        limit = nxt.get(s) or run_end
+        if lo is None or lo < start - slack or (limit and hi > limit + slack):
+            outside.append(f"step {s}: kernels {lo}..{hi}, step from {start}, next step ends {limit}")
+    check(not outside, "clock (kernels of a recorded step between its start and the next step's end: CUPTI's "
+          "clock = the profiler's CLOCK_REALTIME, 2 ms slack)" + (": " + "; ".join(outside[:2]) if outside else ": yes"))
+
+    # ---- host-to-device bytes per step = what the data path copies ----
+    # Per step (tiny preset, float32, one micro-batch, --gpu-preprocess on):
+    #   h2d phase: the uint8 images [B, 3, H, W] and the uint8 mask [B, H, W] (the copy stream);
+    #   backbone:  the downsampled mask [B, S] (uint8) and the sine position encoding [B*S, D] (float);
+    #   backward:  the loss gradients of logits [L*B*Q, C+1] and boxes [L*B*Q, 4] (float).
+    # Targets stay on the host (matching and loss run there).
+    model = json.loads(cfg)["model"]
+    D, Q, L, C1 = model["hidden"], model["queries"], model["dec_layers"], model["num_classes"] + 1
+    halvings = 5 - (1 if model.get("dilation") else 0)
+    logged = {}
+    for line in open(jsonl):
+        if '"step"' in line:
+            r = json.loads(line)
+            logged[r["step"]] = (r["images"], r["batch_hw"][0], r["batch_hw"][1])
+    htod = {}
+    for s, phase, nbytes in q("SELECT g.step, p.value, sum(g.bytes) FROM DETR_GPU_STEPS g JOIN StringIds p "
+                              "ON p.id = g.phase_id WHERE g.run_id = ? AND g.activity = 'memcpy' AND g.copy_kind = 1 "
+                              "GROUP BY 1, 2", run_id):
+        htod.setdefault(s, {})[phase] = nbytes
+    bad_h2d, bad_total, shown = [], [], None
+    for s in sorted(steps):
+        if s not in logged:
+            bad_h2d.append(f"step {s} not in train.jsonl"); continue
+        B, H, W = logged[s]
+        h, w = H, W
+        for _ in range(halvings):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        S, T = h * w, L * B * Q
+        want_u8 = B * 3 * H * W + B * H * W
+        want = {"h2d": want_u8, "backbone": B * S + B * S * D * 4, "backward": T * C1 * 4 + T * 4 * 4}
+        got = htod.get(s, {})
+        if got.get("h2d", 0) != want_u8:
+            bad_h2d.append(f"step {s}: h2d {got.get('h2d', 0)} B, want {want_u8} ({B} x (3+1) x {H} x {W})")
+        if s > min(steps) and sum(got.values()) != sum(want.values()):
+            bad_total.append(f"step {s}: {sum(got.values())} B, want {sum(want.values())}")
+            shown = shown or (s, got, want)
+    check(not bad_h2d, "h2d bytes (= the batch's uint8 images + mask, every step)"
+          + (": " + "; ".join(bad_h2d[:3]) if bad_h2d else f": {want_u8} B per step"))
+    check(not bad_total, "HtoD bytes per step (= h2d + backbone: mask and position encoding + backward: loss "
+          "gradients; steps after the first)" + (": " + "; ".join(bad_total[:3]) if bad_total else ": equal"))
+    if shown:
+        s, got, want = shown
+        print(f"        step {s} HtoD bytes by phase: got {dict(sorted(got.items()))}, want {want}")
+print(("FAIL " + ", ".join(fails)) if fails else
+      f"PASS {counts['CUPTI_ACTIVITY_KIND_KERNEL']} kernels, {counts['CUPTI_ACTIVITY_KIND_MEMCPY']} copies in "
+      f"the recorded steps, all attributed and consistent")
+EOF
+}
+
+step_trace() {
+    local t0 log=$LOGS/trace.log out=$LOGS/trace
+    t0=$(now_ms)
+    : >"$log"
+    rm -rf "$out"
+    run 150 "$log" "$TRAIN" --device cuda --batch 8 --steps 12 --eval-every 0 --log-every 4 \
+        --profile=trace --trace-steps "$TRACE_STEPS" --out "$out"
+    local rc=$?
+    if [ $rc -ne 0 ]; then drop_weights "$out"; record trace FAIL "$t0" "detr-train exit $rc (trace.log)"; return; fi
+    local verdict
+    verdict=$(trace_verdict "$out/profile.sqlite" "$out/train.jsonl" "$TRACE_STEPS")
+    echo "$verdict" >>"$log"
+    drop_weights "$out"
+    echo "$verdict" | sed -n 's/^  FAIL  /trace: FAIL  /p'
+    # the readers on real GPU tables: detr-prof report must produce its page
+    local report_rc=0
+    if [ -x "$BUILD/detr-prof" ]; then
+        run 60 "$log" "$BUILD/detr-prof" report "$out/profile.sqlite" -o "$LOGS/trace_report.html"
+        report_rc=$?
+    fi
+    local last status
+    last=$(tail -n 1 <<<"$verdict")
+    status=$(cut -d' ' -f1 <<<"$last" | grep -E '^(PASS|FAIL)$' || echo FAIL)
+    [ $report_rc -ne 0 ] && status=FAIL last="$last; detr-prof report exit $report_rc"
+    record trace "$status" "$t0" "$(cut -d' ' -f2- <<<"$last")"
+}
+
+# ---- profiler overhead: steps/s without, with basic, with trace -------------------------------
+# The r50 preset on the embedded dataset upscaled to 512x512, batch 2: steps 6-21 are timed (from
+# train.jsonl's t), with --trace-steps 4:1:16:1 recording exactly those steps. Rounds rotate the
+# order; the overhead is the median over rounds of rate(none) / rate(level) - 1.
+OVERHEAD_ARGS=(--device cuda --preset r50 --batch 2 --steps 21 --eval-every 0 --log-every 1000
+               --workers 4 --scales 512 --max-size 512 --resize-choices "512,512,512" --crop "512,512")
+step_overhead() {
+    local t0 log=$LOGS/overhead.log rounds=${GPU_CHECK_OVERHEAD_ROUNDS:-3}
+    local allot=${GPU_CHECK_OVERHEAD_SECONDS:-150} scratch r i level start_s took=0 rc
+    t0=$(now_ms)
+    : >"$log"
+    mkdir -p "$LOGS/overhead"
+    scratch=$(mktemp -d) || { record overhead FAIL "$t0" "mktemp failed"; return; }
+    local levels=(none basic trace)
+    start_s=$(date +%s)
+    for r in $(seq 1 "$rounds"); do
+        for i in 0 1 2; do
+            level=${levels[$(( (i + r - 1) % 3 ))]}
+            local spent=$(( $(date +%s) - start_s ))
+            if [ "$r" -gt 1 ] && [ $(( spent + took + 5 )) -gt "$allot" ]; then
+                echo "(round $r $level: not started, ${spent}s of the ${allot}s allotment spent)" >>"$log"
+                continue
+            fi
+            local extra=() t_run
+            case $level in
+                basic) extra=(--profile=basic) ;;
+                trace) extra=(--profile=trace --trace-steps 4:1:16:1) ;;
+            esac
+            t_run=$(date +%s)
+            run 90 "$log" "$TRAIN" "${OVERHEAD_ARGS[@]}" "${extra[@]}" --out "$scratch/$level-$r"
+            rc=$?
+            took=$(( $(date +%s) - t_run ))
+            [ -f "$scratch/$level-$r/train.jsonl" ] && cp "$scratch/$level-$r/train.jsonl" "$LOGS/overhead/$level-$r.jsonl"
+            [ $rc -ne 0 ] && echo "(round $r $level: detr-train exit $rc)" >>"$log"
+            rm -rf "${scratch:?}/$level-$r" # checkpoints of r50: large, not needed
+        done
+    done
+    rm -rf "$scratch"
+    local verdict
+    verdict=$("$PY" - "$LOGS/overhead" <<'EOF' 2>&1
+import glob, json, os, statistics, sys
+rates = {}
+for path in glob.glob(os.path.join(sys.argv[1], "*.jsonl")):
+    level, rnd = os.path.basename(path)[:-6].split("-")
+    t = {r["step"]: r["t"] for r in map(json.loads, (l for l in open(path) if '"step"' in l))}
+    if 5 in t and 21 in t and t[21] > t[5]:
+        rates.setdefault(level, {})[int(rnd)] = 16 / (t[21] - t[5])
+none = rates.get("none", {})
+out, ok = [], True
+for level, target in (("basic", 0.02), ("trace", 0.10)):
+    per = [none[r] / rates[level][r] - 1 for r in sorted(rates.get(level, {})) if r in none]
+    if not per:
+        out.append(f"{level}: no complete pair of runs"); ok = False; continue
+    med = statistics.median(per)
+    ok = ok and med <= target
+    out.append(f"{level} {100 * med:+.1f}% (target {100 * target:.0f}%; rounds "
+               + " ".join(f"{100 * x:+.1f}" for x in per) + ")")
+base = f"{statistics.median(none.values()):.2f} steps/s unprofiled" if none else "no unprofiled run"
+print(f"{'PASS' if ok else 'FAIL'} " + ", ".join(out) + f"; {base} (r50, 512x512, batch 2)")
 EOF
 )
     echo "$verdict" >>"$log"
     local last
     last=$(tail -n 1 <<<"$verdict")
-    record train50 "$(cut -d' ' -f1 <<<"$last" | grep -E '^(PASS|FAIL)$' || echo FAIL)" "$t0" \
+    record overhead "$(cut -d' ' -f1 <<<"$last" | grep -E '^(PASS|FAIL)$' || echo FAIL)" "$t0" \
         "$(cut -d' ' -f2- <<<"$last")"
 }
 
@@ -267,6 +608,7 @@ print(f"{'FAIL' if bad else 'PASS'} {len(rows)} tensors ({groups['grad.']} grads
 EOF
 )
     echo "$verdict" >>"$log"
+    drop_weights "$LOGS/golden_$cfg.cpu.safetensors" "$LOGS/golden_$cfg.gpu.safetensors"
     local last
     last=$(tail -n 1 <<<"$verdict")
     record "golden_$cfg" "$(cut -d' ' -f1 <<<"$last" | grep -E '^(PASS|FAIL)$' || echo FAIL)" "$t0" \
@@ -278,12 +620,23 @@ echo "== gpu_check: logs in $LOGS, budget ${BUDGET}s"
 step_info
 step_gpu_test backend_ops test_backend_ops
 step_gpu_test input_batch test_input_batch
-step_train50
+step_train50 train50
+step_train50 train50_bf16 --amp bf16
+step_train50 train50_fp16 --amp fp16
+step_trace
 step_fixtures
 step_oom_budget "$FX_TINY"
 step_oom_estimate
 step_golden tiny "$FX_TINY"
 step_golden r50mini "$FX_R50"
+step_overhead
+
+# What is left of the weights and dumps (fixtures, the OOM runs) has served its verdicts too.
+if [ "${GPU_CHECK_KEEP:-0}" != 1 ]; then
+    removed=$(find "$LOGS"/own "$LOGS"/fixtures "$LOGS"/oom_* "$LOGS"/golden_* "$LOGS"/train50* "$LOGS"/trace \
+                   -name '*.safetensors' -type f -printf '%s\n' -delete 2>/dev/null | awk '{ n++; b += $1 } END { printf "%d files, %.0f MiB", n, b / 1048576 }')
+    echo "(removed the steps' .safetensors files under $LOGS: $removed; GPU_CHECK_KEEP=1 keeps them)"
+fi
 
 echo
 echo "== gpu_check summary ($(( $(date +%s) - START ))s in all; logs: $LOGS)"
