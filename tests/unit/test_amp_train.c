@@ -21,53 +21,21 @@
 #include "check.h"
 #include "loss_scaler.h"
 #include "safetensors.h"
+#include "test_db.h"
 #include "test_util.h"
 
 static char g_root[256], g_build[512], g_common[2048];
 
-static int64_t q_int(sqlite3 *db, const char *sql) {
-    sqlite3_stmt *st;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        printf("   SQL error: %s in %s\n", sqlite3_errmsg(db), sql);
-        return -1;
-    }
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static double q_real(sqlite3 *db, const char *sql) {
-    sqlite3_stmt *st;
-    double v = NAN;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return NAN;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_double(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
 static sqlite3 *open_db(const char *dir) {
     char path[600];
     snprintf(path, sizeof(path), "%s/%s/profile.sqlite", g_root, dir);
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        sqlite3_close(db);
-        return NULL;
-    }
-    return db;
+    return db_open_ro(path);
 }
 
 static int train(const char *extra, char **log) {
-    char cmd[4096], *out, *err;
+    char cmd[4096];
     snprintf(cmd, sizeof(cmd), "%s/detr-train %s %s", g_build, g_common, extra);
-    int rc = run_capture(g_root, cmd, &out, &err);
-    size_t n = strlen(out) + strlen(err) + 2;
-    *log = malloc(n);
-    snprintf(*log, n, "%s\n%s", out, err);
-    free(out);
-    free(err);
-    return rc;
+    return run_merged(g_root, cmd, log);
 }
 
 static void test_scaler_rule(void) {

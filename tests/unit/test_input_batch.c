@@ -21,6 +21,7 @@
 #include "detr.h"
 #include "input_batch.h"
 #include "loader_test_util.h"
+#include "test_db.h"
 #include "test_util.h"
 #ifdef DETR_CUDA
 #include "cuda/backend_cuda.h"
@@ -218,17 +219,6 @@ static void test_cli_cpu(const char *root, const char *ds_dir) {
 }
 
 #ifdef DETR_CUDA
-static int64_t q_int(sqlite3 *db, const char *sql) {
-    sqlite3_stmt *st;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        printf("   SQL error: %s in %s\n", sqlite3_errmsg(db), sql);
-        return -1;
-    }
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
 
 /* 4a. The CUDA path against the CPU path, on one stager over batches of several sizes. */
 static void test_gpu_matches_cpu(const Dataset *ds) {

@@ -4,6 +4,7 @@
 #define DETR_TEST_UTIL_H
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 
 /* The file's contents, NUL-terminated (an empty string if it cannot be read); caller frees. */
@@ -31,6 +32,18 @@ static inline int run_capture(const char *dir, const char *cmd, char **out, char
     *out = read_text(po);
     *err = read_text(pe);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* run_capture with stdout and stderr joined into one text (*log, caller frees). */
+static inline int run_merged(const char *dir, const char *cmd, char **log) {
+    char *out, *err;
+    int rc = run_capture(dir, cmd, &out, &err);
+    size_t n = strlen(out) + strlen(err) + 2;
+    *log = malloc(n);
+    snprintf(*log, n, "%s\n%s", out, err);
+    free(out);
+    free(err);
+    return rc;
 }
 
 #endif
