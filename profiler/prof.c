@@ -269,6 +269,7 @@ void prof_step_record_init(ProfStepRecord *r) {
     r->h2d_ns = -1;
     r->loss = r->lr = r->lr_backbone = r->grad_norm = r->flops = r->padded_fraction = NAN;
     r->loss_scale = r->gpu_util = r->gpu_mem_util = NAN;
+    r->gpu_alloc_retries = r->gpu_ooms = -1;
     r->skipped = 0;
     r->rss_bytes = -1;
 }

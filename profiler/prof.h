@@ -125,6 +125,9 @@ typedef struct {
                                loss scaling; GradScaler's rule) */
     double gpu_util;        /* NVML: % of the last sample period a kernel ran (NaN: unknown) */
     double gpu_mem_util;    /* NVML: % of it device memory was read or written (NaN: unknown) */
+    int64_t gpu_alloc_retries; /* caching allocator, so far in the run: cudaMalloc failures after
+                                  which the cache was released and the request retried (-1: no GPU) */
+    int64_t gpu_ooms;       /* ... requests refused (device full or over --mem-limit) (-1: no GPU) */
     int n_losses;           /* every loss term: DETR_STEPS.losses_json, one row each in the
                                DETR_LOSSES view */
     ProfLoss losses[PROF_MAX_LOSSES];

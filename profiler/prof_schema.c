@@ -149,12 +149,15 @@ static const char *const migrate_v1_to_v2[] = {
 };
 
 /* Version 3: mixed precision (fp16 runs scale the loss with GradScaler's rule and skip the
- * update of a step whose gradients overflowed) and the GPU's utilisation per step (NVML). */
+ * update of a step whose gradients overflowed), the GPU's utilisation per step (NVML) and the
+ * caching allocator's retry and out-of-memory counts. */
 static const char *const migrate_v2_to_v3[] = {
     "ALTER TABLE DETR_STEPS ADD COLUMN loss_scale REAL",
     "ALTER TABLE DETR_STEPS ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE DETR_STEPS ADD COLUMN gpu_util REAL",
     "ALTER TABLE DETR_STEPS ADD COLUMN gpu_mem_util REAL",
+    "ALTER TABLE DETR_STEPS ADD COLUMN gpu_alloc_retries INTEGER",
+    "ALTER TABLE DETR_STEPS ADD COLUMN gpu_ooms INTEGER",
     "UPDATE META_DATA_EXPORT SET value = '3' WHERE name = 'DETR_SCHEMA_VERSION'",
     "PRAGMA user_version = 3",
 };

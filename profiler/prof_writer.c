@@ -31,8 +31,8 @@ int prof_writer_prepare(Prof *p, char *err, size_t errlen) {
         {&st->rollback, "ROLLBACK"},
         {&st->step, "INSERT INTO DETR_STEPS (run_id, step, epoch, start_ns, end_ns, wall_ns, "
                     "data_wait_ns, h2d_ns, images, loss, lr, lr_backbone, grad_norm, images_per_s, "
-                    "flops, mfu, padded_fraction, losses_json, loss_scale, skipped, gpu_util, gpu_mem_util) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+                    "flops, mfu, padded_fraction, losses_json, loss_scale, skipped, gpu_util, gpu_mem_util, "
+                    "gpu_alloc_retries, gpu_ooms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
         {&st->phase, "INSERT INTO DETR_PHASES (run_id, step, name_id, start_ns, duration_ns, depth, "
                      "global_tid) VALUES (?,?,?,?,?,?,?)"},
         {&st->nvtx, "INSERT INTO NVTX_EVENTS (start, \"end\", eventType, color, text, globalTid, "
@@ -236,6 +236,8 @@ static int write_step(Prof *p, const ProfStepRecord *r) {
     sqlite3_bind_int(s, 20, r->skipped ? 1 : 0);
     bind_real(s, 21, r->gpu_util);
     bind_real(s, 22, r->gpu_mem_util);
+    bind_count(s, 23, r->gpu_alloc_retries);
+    bind_count(s, 24, r->gpu_ooms);
     if (run(s) != 0) return -1;
     for (int i = 0; i < r->n_mem; i++) {
         s = p->st.mem;

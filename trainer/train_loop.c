@@ -370,6 +370,10 @@ static void record_step(Prof *prof, const Trainer *tr, const StepResult *res, in
                              (int64_t)gs.total.allocated.peak);
         prof_step_add_memory(&r, "gpu_reserved", (int64_t)gs.total.reserved.current,
                              (int64_t)gs.total.reserved.peak);
+        prof_step_add_memory(&r, "gpu_requested", (int64_t)gs.total.requested.current,
+                             (int64_t)gs.total.requested.peak);
+        r.gpu_alloc_retries = (int64_t)gs.total.num_alloc_retries;
+        r.gpu_ooms = (int64_t)gs.total.num_ooms;
     }
 #endif
     gpu_trace_step_end(step, &r); /* GPU profiling: device memory, end of a traced window */

@@ -602,6 +602,8 @@ static void test_migration(void) {
                               "ALTER TABLE DETR_STEPS DROP COLUMN skipped; "
                               "ALTER TABLE DETR_STEPS DROP COLUMN gpu_util; "
                               "ALTER TABLE DETR_STEPS DROP COLUMN gpu_mem_util; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN gpu_alloc_retries; "
+                              "ALTER TABLE DETR_STEPS DROP COLUMN gpu_ooms; "
                               "UPDATE META_DATA_EXPORT SET value = '1' WHERE name = 'DETR_SCHEMA_VERSION'; "
                               "PRAGMA user_version = 1", NULL, NULL, NULL) == SQLITE_OK;
     sqlite3_close(db);
@@ -613,7 +615,7 @@ static void test_migration(void) {
     CHECK("migration: latest version, GPU tables and counters, loss-scale columns, both runs kept",
           q_int(db, "PRAGMA user_version") == PROF_SCHEMA_VERSION &&
           q_int(db, "SELECT count(*) FROM pragma_table_info('DETR_STEPS') WHERE name IN "
-                    "('loss_scale', 'skipped', 'gpu_util', 'gpu_mem_util')") == 4 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
+                    "('loss_scale', 'skipped', 'gpu_util', 'gpu_mem_util', 'gpu_alloc_retries', 'gpu_ooms')") == 6 && q_int(db, "SELECT count(*) FROM DETR_RUNS") == 2 &&
           q_int(db, "SELECT sum(dropped_gpu_records + cupti_dropped_records) FROM DETR_RUNS") == 0 &&
           q_int(db, "SELECT count(*) FROM DETR_GPU_STEPS") == 0 &&
           q_int(db, "SELECT value FROM META_DATA_EXPORT WHERE name = 'DETR_SCHEMA_VERSION'") == PROF_SCHEMA_VERSION, "");
@@ -632,14 +634,16 @@ static void test_nvml(void) {
     for (int s = 1; s <= 2; s++) {
         prof_step_begin(p, s, 0);
         prof_step_record_init(&r);
-        if (s == 1) r.gpu_util = 87.0, r.gpu_mem_util = 41.0;
+        if (s == 1) r.gpu_util = 87.0, r.gpu_mem_util = 41.0, r.gpu_alloc_retries = 2, r.gpu_ooms = 0;
         prof_step_end(p, &r);
     }
     prof_close(p, 0, err, sizeof(err));
     sqlite3 *db = open_ro(path);
-    CHECK("nvml: utilisation stored per step, NULL when unknown",
-          db && q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 1 AND gpu_util = 87 AND gpu_mem_util = 41") == 1 &&
-              q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 2 AND gpu_util IS NULL AND gpu_mem_util IS NULL") == 1,
+    CHECK("nvml: utilisation and allocator counters stored per step, NULL when unknown",
+          db && q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 1 AND gpu_util = 87 AND gpu_mem_util = 41 "
+                          "AND gpu_alloc_retries = 2 AND gpu_ooms = 0") == 1 &&
+              q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE step = 2 AND gpu_util IS NULL AND gpu_mem_util IS NULL "
+                        "AND gpu_alloc_retries IS NULL AND gpu_ooms IS NULL") == 1,
           "see DETR_STEPS in %s", path);
     if (db) sqlite3_close(db);
     char why[256] = "";

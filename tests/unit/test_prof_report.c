@@ -427,7 +427,7 @@ static void test_large(sqlite3 *real) {
         " 1000000000000 + i * 50000000 + 40000000 + (i % 7) * 1000000, 40000000 + (i % 7) * 1000000, 100000, 0, 8, "
         " 10.0 / (1 + i / 1000.0), 1e-4, 1e-5, 1.5 + (i % 13) / 10.0, 8 / ((40000000 + (i % 7) * 1000000) * 1e-9), 4e9, 0.5, 0.05, "
         " '{\"loss_ce\":' || (1.0 / i) || ',\"loss_bbox\":0.5,\"loss_giou\":0.7,\"loss_ce_0\":1.1,\"loss_bbox_0\":0.6,"
-        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}', NULL, 0, NULL, NULL FROM s;"
+        "\"loss_giou_0\":0.8,\"class_error\":50,\"cardinality_error\":3}', NULL, 0, NULL, NULL, NULL, NULL FROM s;"
         "INSERT INTO DETR_PHASES SELECT 1, st.step, s.id, st.start_ns + (s.id - 100) * 3000000, 2000000 + s.id * 1000, 1, 4242 << 24 "
         " FROM DETR_STEPS st, StringIds s WHERE s.id > 100;"
         "INSERT INTO DETR_MEMORY SELECT 1, st.step, st.end_ns, c.name, 1000000 * c.k + st.step % 100, 2000000 * c.k "
