@@ -82,7 +82,9 @@ int trainer_accum_micro(Trainer *t, const MicroBatch *mb, uint64_t seed, StepRes
     }
     if (!isfinite(part.total)) {
         format_losses(&part, terms, sizeof(terms));
-        snprintf(err, errlen, "step %d: the loss is not finite (%s)", t->step + 1, terms);
+        snprintf(err, errlen, "step %d: the loss is not finite (%s)%s", t->step + 1, terms,
+                 t->scaler.enabled ? "; under --amp fp16 the forward itself left fp16's range (+-65504), "
+                                     "which loss scaling cannot fix: try --amp bf16" : "");
         return -1;
     }
     detr_losses_add(&res->losses, &part);
