@@ -21,6 +21,7 @@
 #include "check.h"
 #include "test_db.h"
 #include "test_util.h"
+#include "train_test_util.h"
 
 static char g_root[256], g_build[512], g_common[2048];
 
@@ -220,17 +221,8 @@ int main(void) {
         return 1;
     }
     printf("files under %s\n", g_root);
-    char cmd[2048], *out, *err;
-    snprintf(cmd, sizeof(cmd), "%s/detr-data synth %s/ds --images 32 --val 8 --size 64x64 --classes 3 "
-             "--max-objects 2", g_build, g_root);
-    int rc = run_capture(g_root, cmd, &out, &err);
-    CHECK("setup: synthetic dataset", rc == 0, "exit %d: %s", rc, err);
-    free(out);
-    free(err);
-    snprintf(g_common, sizeof(g_common),
-             "--data %s/ds --cache %s/cache --threads 1 --workers 2 --batch 4 --scales 64 --max-size 64 "
-             "--resize-choices 48,56,64 --crop 40,48 --val-size 64 --hidden 32 --ffn 64 --queries 5 "
-             "--enc-layers 1 --dec-layers 2 --log-every 100", g_root, g_root);
+    char cmd[600];
+    train_test_setup(g_build, g_root, "--workers 2", g_common, sizeof(g_common));
     test_profiled_run();
     test_resume_bitwise();
     test_sigterm();
