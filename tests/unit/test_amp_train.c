@@ -10,7 +10,8 @@
  *      weights); detr-prof summary counts them;
  *   3. fp16 --resume: the loss, gradient-norm and loss-scale sequences are bitwise those of the
  *      uninterrupted run (the scale and its growth tracker live in the checkpoint);
- *   4. --amp bf16: the first step's loss differs from float32's (the rounding happened) by less
+ *   4. fp16 with --recompute backbone trains bitwise as without it;
+ *   5. --amp bf16: the first step's loss differs from float32's (the rounding happened) by less
  *      than 1%; the run record names the precision. */
 #include <math.h>
 #include <sqlite3.h>
@@ -170,6 +171,31 @@ static void test_fp16_resume(void) {
     sqlite3_close(db);
 }
 
+/* Recomputation replays the same rounded products: fp16 with and without --recompute backbone
+ * train bitwise alike (losses, gradient norms, scales). */
+static void test_fp16_recompute(void) {
+    char *log, extra[1024];
+    int rc[2];
+    for (int k = 0; k < 2; k++) {
+        snprintf(extra, sizeof(extra), "--amp fp16 --loss-scale 256 --steps 6 --recompute %s --profile --out %s/rc%d",
+                 k ? "backbone" : "none", g_root, k);
+        rc[k] = train(extra, &log);
+        free(log);
+    }
+    sqlite3 *db = open_db("rc1");
+    int64_t same = -1;
+    if (db) {
+        char sql[700];
+        snprintf(sql, sizeof(sql), "ATTACH DATABASE '%s/rc0/profile.sqlite' AS a", g_root);
+        sqlite3_exec(db, sql, NULL, NULL, NULL);
+        same = q_int(db, "SELECT count(*) FROM main.DETR_STEPS b JOIN a.DETR_STEPS x USING (step) WHERE "
+                         "b.loss = x.loss AND b.grad_norm IS x.grad_norm AND b.loss_scale = x.loss_scale");
+        sqlite3_close(db);
+    }
+    CHECK("fp16 + --recompute backbone: the 6 steps bitwise those without recomputation",
+          rc[0] == 0 && rc[1] == 0 && same == 6, "exit %d/%d, %lld of 6 equal", rc[0], rc[1], (long long)same);
+}
+
 static void test_bf16(void) {
     char *log, extra[1024];
     snprintf(extra, sizeof(extra), "--amp bf16 --steps 2 --profile --out %s/bf16", g_root);
@@ -207,6 +233,7 @@ int main(void) {
     train_test_setup(g_build, g_root, "--workers 1 --eval-every 0", g_common, sizeof(g_common));
     test_fp16_overflow();
     test_fp16_resume();
+    test_fp16_recompute();
     test_bf16();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", g_root);
     if (g_test_fail == 0 && system(cmd) != 0) printf("could not remove %s\n", g_root);
