@@ -179,7 +179,8 @@ def run_c(ds, sdir, seed, steps, per_epoch, db):
         # weights with its --eval-only and score its detections with the same detr-data eval
         edir = os.path.join(sdir, "c-final-eval")
         ecmd = ([os.path.join(BUILD, "detr-train"), "--eval-only", "--weights", os.path.join(cdir, "model.safetensors"),
-                 "--data", ds, "--out", edir] + opts({k: TRAIN[k] for k in ("batch", "val-size", "max-size", "threads")}))
+                 "--data", ds, "--out", edir] + opts({k: TRAIN[k] for k in ("batch", "val-size", "max-size", "threads", "amp")
+                                                     if k in TRAIN}))
         final_eval_s = run(ecmd, os.path.join(sdir, "c-final-eval.log"))
         stats = coco_eval(os.path.join(ds, "annotations", "instances_val.json"),
                           os.path.join(edir, "detections.json"))
@@ -206,7 +207,8 @@ def run_torch(ds, sdir, seed, steps, first_batch):
     # cross-check of the reference's PostProcess: its final weights evaluated by detr-train
     edir = os.path.join(sdir, "torch-weights-c-eval")
     ecmd = ([os.path.join(BUILD, "detr-train"), "--eval-only", "--weights", os.path.join(tdir, "model.safetensors"),
-             "--data", ds, "--out", edir] + opts({k: TRAIN[k] for k in ("batch", "val-size", "max-size", "threads")}))
+             "--data", ds, "--out", edir] + opts({k: TRAIN[k] for k in ("batch", "val-size", "max-size", "threads", "amp")
+                                                     if k in TRAIN}))
     run(ecmd, os.path.join(sdir, "torch-weights-c-eval.log"))
     cross = coco_eval(os.path.join(ds, "annotations", "instances_val.json"), os.path.join(edir, "detections.json"))
     return {"steps": steps_log, "evals": evals, "wall_s": wall, "train_s": summary["train_s"],
@@ -281,7 +283,8 @@ def identical_batch_check(sdir, first):
     cmd = ([os.path.join(BUILD, "detr-train"), "--weights", os.path.join(sdir, "init.safetensors"),
             "--inputs", os.path.join(first, "inputs.safetensors"), "--targets", os.path.join(first, "targets.json"),
             "--dump-grads", out] + opts(MODEL) + opts({k: TRAIN[k] for k in ("lr", "lr-backbone", "weight-decay",
-                                                                             "clip", "threads")}))
+                                                                             "clip", "threads", "amp")
+                                                       if k in TRAIN}))
     run(cmd, os.path.join(first, "c-golden.log"))
     sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
     import numpy as np
@@ -455,6 +458,14 @@ def report(res, doc_path):
              f"{res['load_before']} before, {res['load_after']} after"
              + ("; shared with other work, so timings are noisy" if (res["load_before"] or [0])[0] > 1.0 else "")
              + f"). Data: `docs/{os.path.basename(res['json_path'])}`.", ""]
+    amp = cfg["train"].get("amp")
+    if amp:
+        lines += [f"**Precision: {amp} on both sides.** detr-train `--amp {amp}` (convolutions and matrix "
+                  "products with bf16 operands and float32 accumulation, emulated on the CPU: "
+                  "docs/mixed-precision.md) against the reference under PyTorch's CPU autocast "
+                  "(`torch.autocast(\"cpu\", dtype=torch.bfloat16)` around forward and loss: conv, linear and "
+                  "bmm in bfloat16, the attention's bmm included, which detr-train keeps in float32). So the "
+                  "identical-batch check below measures two bf16 implementations, not float32 rounding.", ""]
     # summary
     lines += ["## Summary", ""]
     lines.append(f"- **Loss curves: {agree} of {len(win)} windows of {WINDOW} steps agree** "
@@ -575,7 +586,7 @@ def report(res, doc_path):
               f"C / PyTorch speed ratio in training steps: {sp['ratio_steps']:.2f}; whole runs: {sp['ratio_wall']:.2f}.",
               "", "## Commands", "", "```"]
     lines += [f"/usr/bin/python3 bench/fidelity.py --steps {steps} --seeds {','.join(map(str, seeds))} "
-              f"--out {res['out']} --doc {res['doc']}", "# which ran:"]
+              + (f"--amp {amp} " if amp else "") + f"--out {res['out']} --doc {res['doc']}", "# which ran:"]
     lines += [shlex.join(c) for c in res["commands"]]
     lines += ["```", ""]
     write_atomic(doc_path, "\n".join(lines))
@@ -598,13 +609,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
-    ap.add_argument("--out", default=os.path.join(BUILD, "fidelity"), help="run folder (default build/fidelity)")
-    ap.add_argument("--doc", default="docs/fidelity.md")
+    ap.add_argument("--out", default=os.path.join(BUILD, "fidelity"),
+                    help="run folder (default build/fidelity, build/fidelity-bf16 with --amp bf16)")
+    ap.add_argument("--doc", default=None, help="default docs/fidelity.md (docs/fidelity-bf16.md with --amp bf16)")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: both sides in bfloat16 (detr-train --amp bf16, the reference under CPU autocast); "
+                         "default run folder build/fidelity-bf16")
     ap.add_argument("--build", default=BUILD, help="folder with detr-train and detr-data")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite DOC from OUT/results.json of an earlier run (no training)")
     args = ap.parse_args()
     BUILD = args.build
+    if args.amp != "off":
+        TRAIN["amp"] = args.amp
+        if args.out == os.path.join("build", "fidelity"):
+            args.out = os.path.join(BUILD, "fidelity-" + args.amp)
+    if args.doc is None:
+        args.doc = "docs/fidelity.md" if args.amp == "off" else f"docs/fidelity-{args.amp}.md"
     if args.report_only:
         results = os.path.join(args.out, "results.json")
         try:

@@ -24,6 +24,7 @@ Model shape: inferred from the weights as detr-train does (ResNet depth from the
 widths from tensor shapes; nheads from __metadata__ "nheads" or --nheads).
 Run with Debian's /usr/bin/python3 (torch, scipy, PIL, torchvision)."""
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -114,6 +115,44 @@ def load_exact(model, tensors, path):
 # ---------------------------------------------------------------------------------------------
 # Evaluation: the reference PostProcess, scored by detr-data eval
 
+AMP = {"on": False}  # --amp bf16: forward and loss under torch.autocast("cpu", torch.bfloat16)
+
+
+def amp_context():
+    """torch.autocast for --amp bf16 (conv, linear, bmm in bfloat16, as detr-train --amp bf16's
+    matrix products), else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if AMP["on"] else contextlib.nullcontext()
+
+
+def enable_amp(model, criterion):
+    """torch 1.x's CPU autocast runs layer_norm in bfloat16, against float32 weights, which fails;
+    CUDA autocast and torch 2 run it in float32, as detr-train does: feed it float32. The matcher's
+    cost matrices go to scipy as float32."""
+    AMP["on"] = True
+    if int(torch.__version__.split(".")[0]) < 2:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.register_forward_pre_hook(lambda _mod, inputs: (inputs[0].float(),) + inputs[1:])
+    matcher = criterion.matcher
+    plain = matcher.cost_matrices
+    matcher.cost_matrices = lambda outputs, targets: [c.float() for c in plain(outputs, targets)]
+
+
+def train_step_amp(model, criterion, optimizer, images, mask, targets, clip_max_norm, after_backward):
+    """detr_ref.train_step with forward and loss under autocast (bf16: no loss scaling)."""
+    with amp_context():
+        outputs = model(images, mask)
+        loss_dict = criterion(outputs, targets)
+        total = detr_ref.weighted_total(loss_dict, criterion.weight_dict)
+    optimizer.zero_grad()
+    total.backward()
+    if after_backward is not None:
+        after_backward(outputs, loss_dict, total)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm) if clip_max_norm > 0 else None
+    optimizer.step()
+    return loss_dict, total, gnorm
+
+
 @torch.no_grad()
 def detections(model, loader):
     """PostProcess: softmax, best non-empty class per query, cxcywh -> xyxy scaled to the original
@@ -121,7 +160,9 @@ def detections(model, loader):
     model.eval()
     out = []
     for images, mask, targets in loader:
-        res = model(images, mask)
+        with amp_context():
+            res = model(images, mask)
+        res = {k: v.float() if torch.is_tensor(v) else v for k, v in res.items()}
         prob = res["pred_logits"].softmax(-1)[..., :-1]
         scores, labels = prob.max(-1)
         boxes = detr_ref.box_cxcywh_to_xyxy(res["pred_boxes"])
@@ -194,6 +235,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--first-batch", help="folder for the first batch, its losses and gradients")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: forward and loss under torch.autocast (CPU autocast has no fp16 in torch 1.13)")
     args = ap.parse_args()
     if len(args.crop) != 2:
         sys.exit("error: --crop takes MIN,MAX")
@@ -214,6 +257,8 @@ def main():
                                       eos_coef=0.1)
     optimizer = detr_ref.make_optimizer(model, lr=args.lr, lr_backbone=args.lr_backbone,
                                         weight_decay=args.weight_decay)
+    if args.amp == "bf16":
+        enable_amp(model, criterion)
 
     train_ann, train_dir = find_split(args.data, "train")
     val_ann, val_dir = find_split(args.data, "val")
@@ -259,8 +304,9 @@ def main():
             if step == 0 and args.first_batch:
                 def hook(outputs, loss_dict, total):  # gradients before clipping
                     save_first_batch(args.first_batch, images, mask, targets, loss_dict, total, model)
-            loss_dict, total, gnorm = detr_ref.train_step(model, criterion, optimizer, images, mask, targets,
-                                                          clip_max_norm=args.clip, after_backward=hook)
+            step_fn = train_step_amp if AMP["on"] else detr_ref.train_step
+            loss_dict, total, gnorm = step_fn(model, criterion, optimizer, images, mask, targets,
+                                              clip_max_norm=args.clip, after_backward=hook)
             t2 = time.perf_counter()
             step += 1
             t_train += t2 - t1
