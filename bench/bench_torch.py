@@ -153,15 +153,6 @@ def float32_math(tf32):
     return f"allow_tf32={bool(tf32)}"
 
 
-def float_cost_matcher(detr_ref):
-    """The reference's matcher with its per-image cost matrices in float32: under autocast a cost
-    may come out in the low type, which numpy (scipy's input) cannot hold. Same assignment."""
-    class FloatCostMatcher(detr_ref.HungarianMatcher):
-        def cost_matrices(self, outputs, targets):
-            return [c.float() for c in super().cost_matrices(outputs, targets)]
-    return FloatCostMatcher
-
-
 PRESETS = {  # same shapes as trainer/config.c
     "tiny": dict(depth=18, hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2, dim_feedforward=128,
                  num_queries=10, num_classes=8, dropout=0.0),  # tiny: no dropout (trainer/config.c)
@@ -204,12 +195,8 @@ class Stepper:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.device_type = device.type
         self.scaler = None
-        if self.dtype is not None and device.type == "cpu" and int(torch.__version__.split(".")[0]) < 2:
-            # torch 1.x's CPU autocast runs layer_norm in the low type, which fails against the
-            # float32 weights; CUDA autocast (and torch 2's CPU autocast) run it in float32: do so.
-            for mod in model.modules():
-                if isinstance(mod, torch.nn.LayerNorm):
-                    mod.register_forward_pre_hook(lambda _mod, inputs: (inputs[0].float(),) + inputs[1:])
+        if self.dtype is not None:
+            detr_ref.layer_norm_in_float32(model, device.type)
         if amp == "fp16":
             if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
                 self.scaler = torch.amp.GradScaler(device.type, init_scale=65536.0)
@@ -218,20 +205,16 @@ class Stepper:
 
     def step(self, images, mask, targets):
         """Returns 1 when GradScaler skipped the update (fp16 overflow), else 0."""
-        if self.dtype is None:
+        autocast = (lambda: torch.autocast(device_type=self.device_type, dtype=self.dtype)) if self.dtype else None
+        if self.scaler is None:  # float32, or bf16 (no loss scaling)
             self.ref.train_step(self.model, self.criterion, self.optimizer, images, mask, targets,
-                                clip_max_norm=0.1)
+                                clip_max_norm=0.1, autocast=autocast)
             return 0
-        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+        with autocast():
             outputs = self.model(images, mask)
             loss_dict = self.criterion(outputs, targets)
             total = self.ref.weighted_total(loss_dict, self.criterion.weight_dict)
         self.optimizer.zero_grad()
-        if self.scaler is None:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1)
-            self.optimizer.step()
-            return 0
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1)
@@ -317,7 +300,7 @@ def main():
     cfg = PRESETS[args.preset]
     model = detr_ref.DETR(**{"dropout": 0.1, **cfg}).to(device)
     model.train()
-    matcher = float_cost_matcher(detr_ref)()
+    matcher = detr_ref.FloatCostMatcher()
     weight_dict = detr_ref.build_weight_dict(cfg["dec_layers"])
     criterion = detr_ref.SetCriterion(cfg["num_classes"], matcher, weight_dict, eos_coef=0.1).to(device)
     optimizer = detr_ref.make_optimizer(model)

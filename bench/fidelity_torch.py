@@ -124,35 +124,6 @@ def amp_context():
     return torch.autocast("cpu", dtype=torch.bfloat16) if AMP["on"] else contextlib.nullcontext()
 
 
-def enable_amp(model, criterion):
-    """torch 1.x's CPU autocast runs layer_norm in bfloat16, against float32 weights, which fails;
-    CUDA autocast and torch 2 run it in float32, as detr-train does: feed it float32. The matcher's
-    cost matrices go to scipy as float32."""
-    AMP["on"] = True
-    if int(torch.__version__.split(".")[0]) < 2:
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.register_forward_pre_hook(lambda _mod, inputs: (inputs[0].float(),) + inputs[1:])
-    matcher = criterion.matcher
-    plain = matcher.cost_matrices
-    matcher.cost_matrices = lambda outputs, targets: [c.float() for c in plain(outputs, targets)]
-
-
-def train_step_amp(model, criterion, optimizer, images, mask, targets, clip_max_norm, after_backward):
-    """detr_ref.train_step with forward and loss under autocast (bf16: no loss scaling)."""
-    with amp_context():
-        outputs = model(images, mask)
-        loss_dict = criterion(outputs, targets)
-        total = detr_ref.weighted_total(loss_dict, criterion.weight_dict)
-    optimizer.zero_grad()
-    total.backward()
-    if after_backward is not None:
-        after_backward(outputs, loss_dict, total)
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm) if clip_max_norm > 0 else None
-    optimizer.step()
-    return loss_dict, total, gnorm
-
-
 @torch.no_grad()
 def detections(model, loader):
     """PostProcess: softmax, best non-empty class per query, cxcywh -> xyxy scaled to the original
@@ -253,12 +224,13 @@ def main():
     load_exact(model, tensors, args.init)
     model.train()
     weight_dict = detr_ref.build_weight_dict(shape["dec_layers"], aux_loss=not args.no_aux_loss)
-    criterion = detr_ref.SetCriterion(shape["num_classes"], detr_ref.HungarianMatcher(), weight_dict,
-                                      eos_coef=0.1)
+    AMP["on"] = args.amp == "bf16"
+    matcher = detr_ref.FloatCostMatcher() if AMP["on"] else detr_ref.HungarianMatcher()
+    criterion = detr_ref.SetCriterion(shape["num_classes"], matcher, weight_dict, eos_coef=0.1)
+    if AMP["on"]:
+        detr_ref.layer_norm_in_float32(model, "cpu")
     optimizer = detr_ref.make_optimizer(model, lr=args.lr, lr_backbone=args.lr_backbone,
                                         weight_decay=args.weight_decay)
-    if args.amp == "bf16":
-        enable_amp(model, criterion)
 
     train_ann, train_dir = find_split(args.data, "train")
     val_ann, val_dir = find_split(args.data, "val")
@@ -304,9 +276,9 @@ def main():
             if step == 0 and args.first_batch:
                 def hook(outputs, loss_dict, total):  # gradients before clipping
                     save_first_batch(args.first_batch, images, mask, targets, loss_dict, total, model)
-            step_fn = train_step_amp if AMP["on"] else detr_ref.train_step
-            loss_dict, total, gnorm = step_fn(model, criterion, optimizer, images, mask, targets,
-                                              clip_max_norm=args.clip, after_backward=hook)
+            loss_dict, total, gnorm = detr_ref.train_step(model, criterion, optimizer, images, mask, targets,
+                                                          clip_max_norm=args.clip, after_backward=hook,
+                                                          autocast=amp_context if AMP["on"] else None)
             t2 = time.perf_counter()
             step += 1
             t_train += t2 - t1

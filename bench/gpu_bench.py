@@ -310,13 +310,13 @@ def main():
     order = [(impl, amp) for amp in args.precisions.split(",") for impl in ("c", "torch")]
     print(f"== gpu_bench: budget {args.budget:.0f}s, report {args.out}", flush=True)
     for rnd in range(1, args.max_rounds + 1):
-        todo = order if rnd % 2 else list(reversed(order))
+        this_round = order if rnd % 2 else list(reversed(order))
         ran = 0
-        for impl, amp in todo:
+        for impl, amp in this_round:
             if runner.run(impl, amp, rnd):
                 ran += 1
                 write_report(runner, final=False)
-        if ran < len(todo):
+        if ran < len(this_round):
             break
     rows = write_report(runner, final=True)
     print(f"wrote {', '.join(args.out_paths)} ({time.monotonic() - runner.start:.0f}s)")

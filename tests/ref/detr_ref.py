@@ -14,6 +14,7 @@ Contents:
     HungarianMatcher, SetCriterion, build_weight_dict                                        (spec 2.1-2.2)
     make_optimizer, train_step, adamw_reference_step                                        (spec 3.1)
 """
+import contextlib
 import copy
 import math
 
@@ -579,13 +580,17 @@ def make_optimizer(model, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, betas=(0
                              betas=betas, eps=eps, foreach=foreach)
 
 
-def train_step(model, criterion, optimizer, images, mask, targets, clip_max_norm=0.1, after_backward=None):
+def train_step(model, criterion, optimizer, images, mask, targets, clip_max_norm=0.1, after_backward=None,
+               autocast=None):
     """One engine.py step: forward, loss, zero_grad, backward, clip, AdamW. Returns
     (loss_dict, total_loss, grad_norm_before_clip). after_backward(outputs, loss_dict, total), if given,
-    runs after backward and before clipping (the gradients are then the unclipped ones)."""
-    outputs = model(images, mask)
-    loss_dict = criterion(outputs, targets)
-    total = weighted_total(loss_dict, criterion.weight_dict)
+    runs after backward and before clipping (the gradients are then the unclipped ones).
+    autocast: a factory of the context (e.g. torch.autocast) that forward and loss run in; for bf16
+    (fp16 also needs a GradScaler, which this step does not do)."""
+    with autocast() if autocast else contextlib.nullcontext():
+        outputs = model(images, mask)
+        loss_dict = criterion(outputs, targets)
+        total = weighted_total(loss_dict, criterion.weight_dict)
     optimizer.zero_grad()
     total.backward()
     if after_backward is not None:
@@ -593,6 +598,26 @@ def train_step(model, criterion, optimizer, images, mask, targets, clip_max_norm
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm) if clip_max_norm > 0 else None
     optimizer.step()
     return loss_dict, total, gnorm
+
+
+# ---- mixed precision (torch.autocast): what the benchmarks' --amp runs need --------------------
+
+class FloatCostMatcher(HungarianMatcher):
+    """The matcher with its per-image cost matrices in float32: under autocast a cost may come out
+    in the low type, which numpy (scipy's input) cannot hold. Same assignment."""
+
+    def cost_matrices(self, outputs, targets):
+        return [c.float() for c in super().cost_matrices(outputs, targets)]
+
+
+def layer_norm_in_float32(model, device_type):
+    """torch 1.x's CPU autocast runs layer_norm in the low type, against float32 weights, which
+    fails; CUDA autocast and torch 2 run it in float32 (as detr-train does): feed it float32 there."""
+    if device_type != "cpu" or int(torch.__version__.split(".")[0]) >= 2:
+        return
+    for mod in model.modules():
+        if isinstance(mod, nn.LayerNorm):
+            mod.register_forward_pre_hook(lambda _mod, inputs: (inputs[0].float(),) + inputs[1:])
 
 
 @torch.no_grad()
