@@ -30,7 +30,7 @@ int evaluate_dataset(Detr *m, const Dataset *ds, CocoEval *gt, const EvalOptions
      * with a CUDA device their copies run on the stager's copy stream */
     InputBatch in;
     InputBatchSet set = {&in, 1};
-    InputStager *stager = o->uint8_input && o->gpu_copies ? input_stager_create() : NULL;
+    InputStager *stager = o->uint8_input ? input_stager_create() : NULL; /* NULL on the CPU */
     DetrInputHook saved_hook = m->input_hook;
     void *saved_ctx = m->input_ctx;
     if (o->uint8_input) detr_set_input_hook(m, input_batch_set_images, &set);

@@ -13,10 +13,10 @@ typedef struct {
     int val_size, max_size;   /* val transform: short side, longest side (0 = 800 / 1333) */
     const char *detections_out; /* COCO result JSON written here (NULL = none) */
     /* The uint8 data path (trainer/input_batch.h), as training uses with --gpu-preprocess: the
-     * loader delivers uint8 batches; with gpu_copies (needs the CUDA device) they are copied on a
-     * copy stream and normalised on the GPU, else normalised on the host with the loader's exact
-     * operations (same images bit for bit). 0 = the loader's float batches. */
-    int uint8_input, gpu_copies;
+     * loader delivers uint8 batches; with a CUDA device current they are copied on a copy stream
+     * and normalised on the GPU, else normalised on the host with the loader's exact operations
+     * (same images bit for bit). 0 = the loader's float batches. */
+    int uint8_input;
     /* memory of the loader's batch slots (pinned on a GPU), NULL = ordinary host memory */
     void *(*alloc_host)(size_t bytes);
     void (*free_host)(void *p);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #ifdef DETR_CUDA
+#include "cuda/backend_cuda.h"
 #include "cuda/cuda_input.h"
 #endif
 
@@ -92,6 +93,7 @@ float *input_batch_set_images(void *ctx, const Backend *be, Arena *acts, const u
 
 #ifdef DETR_CUDA
 InputStager *input_stager_create(void) {
+    if (cuda_current_device() < 0) return NULL; /* training on the CPU: the host path */
     InputStager *s = malloc(sizeof(*s));
     if (!s) return NULL;
     s->gpu = cuda_input_create();

@@ -71,8 +71,8 @@ float *input_batch_set_images(void *ctx, const Backend *be, Arena *acts, const u
 
 /* ---- GPU copies (CUDA builds; the functions below are no-ops on a host-path batch) ---- */
 
-/* A stager for one micro-batch slot; needs the CUDA device (cuda_device_init). NULL in CPU-only
- * builds. Reused for every step's batch of that slot (buffers grow, never shrink). */
+/* A stager for one micro-batch slot; NULL in CPU-only builds and when no CUDA device is current
+ * (cuda_device_init not called: the run is on the CPU), so callers need no device check. Reused for every step's batch of that slot (buffers grow, never shrink). */
 InputStager *input_stager_create(void);
 void input_stager_destroy(InputStager *s);
 /* Starts the host-to-device copies of a uint8 batch (images and mask, from the loader's pinned

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-void step_batches_init(StepBatches *s, int accum, int batch, int with_stagers) {
+void step_batches_init(StepBatches *s, int accum, int batch, int uint8_input) {
     *s = (StepBatches){.cap = accum};
     s->held = calloc((size_t)accum, sizeof(LoaderBatch *));
     s->targets = calloc((size_t)accum * batch, sizeof(ImageTargets));
@@ -14,7 +14,7 @@ void step_batches_init(StepBatches *s, int accum, int batch, int with_stagers) {
         fprintf(stderr, "error: out of host memory for the step's batch records\n");
         exit(1);
     }
-    for (int k = 0; with_stagers && k < accum; k++) s->stagers[k] = input_stager_create();
+    for (int k = 0; uint8_input && k < accum; k++) s->stagers[k] = input_stager_create(); /* NULL on the CPU */
 }
 
 void step_batches_free(StepBatches *s) {

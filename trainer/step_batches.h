@@ -23,8 +23,9 @@ typedef struct {
     int staged;             /* inputs[0..staged) made (and their copies started) */
 } StepBatches;
 
-/* with_stagers: one GPU stager per micro-batch slot (--gpu-preprocess on a GPU). */
-void step_batches_init(StepBatches *s, int accum, int batch, int with_stagers);
+/* uint8_input (--gpu-preprocess): one GPU stager per micro-batch slot when a CUDA device is
+ * current (input_stager_create). */
+void step_batches_init(StepBatches *s, int accum, int batch, int uint8_input);
 void step_batches_free(StepBatches *s);
 /* Makes the model inputs of held[staged..n) and starts their copies (no-op on the host path). */
 void step_batches_stage(StepBatches *s);

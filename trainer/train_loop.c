@@ -68,7 +68,6 @@ static int run_eval(const TrainLoopConfig *c, Detr *m, const Dataset *val, CocoE
     EvalOptions eo = {.batch = c->batch, .workers = c->workers, .val_size = c->val_size,
                       .max_size = c->max_size, .detections_out = path,
                       .uint8_input = c->gpu_preprocess, /* as training: normalised on the GPU */
-                      .gpu_copies = c->gpu_preprocess && c->device && strncmp(c->device, "cuda", 4) == 0,
                       .alloc_host = c->alloc_host, .free_host = c->free_host};
     EvalSummary es;
     prof_range_push(prof, PROF_PHASE_EVAL);
@@ -505,7 +504,7 @@ int train_on_dataset(const TrainLoopConfig *c, Detr *m, const Dataset *ds, const
      * (--gpu-preprocess) reach the model through its input hook (MicroBatch.images NULL) */
     int on_gpu = c->device && strncmp(c->device, "cuda", 4) == 0;
     StepBatches sbuf[2], *cur = &sbuf[0], *next = &sbuf[1];
-    for (int k = 0; k < 2; k++) step_batches_init(&sbuf[k], c->accum, c->batch, on_gpu && c->gpu_preprocess);
+    for (int k = 0; k < 2; k++) step_batches_init(&sbuf[k], c->accum, c->batch, c->gpu_preprocess);
     InputBatchSet input_set = {cur->inputs, 0};
     if (c->gpu_preprocess) detr_set_input_hook(m, input_batch_set_images, &input_set);
     int total_steps = steps_per_epoch * c->epochs;
