@@ -356,17 +356,10 @@ int main(int argc, char **argv) {
     if (runtime_init(a.threads) != 0) return 2;
     const Backend *be = select_backend(&a); /* first: no GPU fails before any work */
     if (!be) return 2;
-    if (a.tl.amp != PRECISION_FP32) {
-        if (!be->set_precision) {
-            fprintf(stderr, "error: --amp %s: this build's %s backend has no mixed precision (use --amp off)\n",
-                    a.amp, be->name);
-            return 2;
-        }
-        if (!strcmp(be->name, "cpu"))
-            printf("amp: %s on the CPU is emulated (operands and results rounded around float32 "
-                   "arithmetic): for checking numerics; it is slower than --amp off\n", a.amp);
-    }
-    if (be->set_precision) be->set_precision(a.tl.amp); /* training, evaluation and the memory probe */
+    if (a.tl.amp != PRECISION_FP32 && !strcmp(be->name, "cpu"))
+        printf("amp: %s on the CPU is emulated (operands and results rounded around float32 "
+               "arithmetic): for checking numerics; it is slower than --amp off\n", a.amp);
+    be->set_precision(a.tl.amp); /* training, evaluation and the memory probe */
     /* training sets the budget after its start-up estimate (train_check_memory) */
     if (a.mem_limit && (a.inputs || a.eval_only)) mem_set_limit(a.mem_limit);
     if (a.inputs && !a.mo.set_dropout) a.mo.dropout = 0, a.mo.set_dropout = 1; /* golden: no dropout */

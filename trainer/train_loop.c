@@ -247,12 +247,14 @@ static void log_step(FILE *log, int step, int epoch, const StepResult *res, floa
                      double wait_s, const LoaderStats *st, int H, int W, double t) {
     MemStats ms = mem_stats();
     const LayerLosses *fin = &res->losses.layer[res->losses.L - 1];
+    char gnorm[32] = "null"; /* a step whose update the fp16 loss scaler skipped has none */
+    if (isfinite(res->grad_norm)) snprintf(gnorm, sizeof(gnorm), "%.6f", res->grad_norm);
     fprintf(log, "{\"step\":%d,\"epoch\":%d,\"loss\":%.6f,\"loss_ce\":%.6f,\"loss_bbox\":%.6f,"
-            "\"loss_giou\":%.6f,\"class_error\":%.3f,\"grad_norm\":%.6f,\"lr\":%.3g,\"images\":%d,"
+            "\"loss_giou\":%.6f,\"class_error\":%.3f,\"grad_norm\":%s,\"lr\":%.3g,\"images\":%d,"
             "\"step_s\":%.4f,\"data_wait_s\":%.4f,\"images_per_s\":%.3f,\"batch_hw\":[%d,%d],"
             "\"padded_fraction\":%.4f,\"skipped\":%d,\"mem_peak_bytes\":%zu,\"t\":%.4f",
             step, epoch, res->losses.total, fin->loss_ce, fin->loss_bbox, fin->loss_giou,
-            fin->class_error, isfinite(res->grad_norm) ? res->grad_norm : 0.0, lr, images, res->seconds,
+            fin->class_error, gnorm, lr, images, res->seconds,
             wait_s, images / (res->seconds + wait_s), H, W, st->padded_fraction, st->skipped,
             ms.total_peak, t);
     if (isfinite(res->loss_scale)) /* fp16: the scale used, and whether the update was skipped */

@@ -102,6 +102,19 @@ static void test_fp16_overflow(void) {
     CHECK("fp16: skipped steps have no gradient norm, the others a finite one",
           q_int(db, "SELECT count(*) FROM DETR_STEPS WHERE (skipped = 1) != (grad_norm IS NULL)") == 0, "see DETR_STEPS");
     sqlite3_close(db);
+    char jsonl[600];
+    snprintf(jsonl, sizeof(jsonl), "%s/fp16/train.jsonl", g_root);
+    char *text = read_text(jsonl);
+    int null_norms = 0, skipped_lines = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        int skip = strstr(line, "\"update_skipped\":1") != NULL, null_norm = strstr(line, "\"grad_norm\":null") != NULL;
+        skipped_lines += skip;
+        null_norms += null_norm && skip;
+    }
+    free(text);
+    CHECK("fp16: train.jsonl marks the skipped steps, with a null gradient norm (valid JSON)",
+          skipped_lines == skipped && null_norms == skipped, "%d skipped lines, %d with null norms, %lld in the db",
+          skipped_lines, null_norms, (long long)skipped);
     char cmd[1024], *out, *serr, want[160];
     snprintf(cmd, sizeof(cmd), "%s/detr-prof summary %s/fp16/profile.sqlite", g_build, g_root);
     rc = run_capture(g_root, cmd, &out, &serr);
