@@ -138,103 +138,127 @@ static int run_reference(const char *prec) {
     return rc;
 }
 
-/* Runs ops at precision p and at float32, compares with the reference. */
-static void check_precision(Precision p, const Tol *tol) {
-    const Backend *be = backend_cpu();
-    Rng r = {p == PRECISION_BF16 ? 11u : 12u, 0};
-    /* linear: x [T, IN], w [O, IN], b [O], dy [T, O] */
-    float *lx = normal(&r, (size_t)T * IN, 1.0f), *lw = normal(&r, (size_t)O * IN, 0.2f);
-    float *lb = normal(&r, O, 0.5f), *ldy = normal(&r, (size_t)T * O, 1.0f);
-    write_f32("lx", lx, (size_t)T * IN), write_f32("lw", lw, (size_t)O * IN);
-    write_f32("lb", lb, O), write_f32("ldy", ldy, (size_t)T * O);
-    /* conv: x CNHW [CIN, B, H, W], w [COUT, CIN, K, K], stride 2, padding 1 */
-    ConvShape cs = {.B = B, .Cin = CIN, .H = H, .W = W, .Cout = COUT, .kh = K, .kw = K, .stride = 2,
-                    .pad = 1, .dil = 1};
-    conv_shape_init(&cs);
-    size_t nx = (size_t)CIN * B * H * W, nw = (size_t)COUT * CIN * K * K;
-    size_t ny = (size_t)COUT * B * cs.Ho * cs.Wo;
-    float *cx = normal(&r, nx, 1.0f), *cw = normal(&r, nw, 0.3f), *cb = normal(&r, COUT, 0.5f);
-    float *cdy = normal(&r, ny, 1.0f);
-    float *cx_n = cnhw_to_nchw(cx, CIN, B, H, W), *cdy_n = cnhw_to_nchw(cdy, COUT, B, cs.Ho, cs.Wo);
-    write_f32("cx", cx_n, nx), write_f32("cw", cw, nw), write_f32("cb", cb, COUT);
-    write_f32("cdy", cdy_n, ny);
-    /* gemm: a [BATCH, BK, BM] used transposed, b [BATCH, BK, BN] */
-    size_t na = (size_t)BATCH * BK * BM, nb = (size_t)BATCH * BK * BN, nc = (size_t)BATCH * BM * BN;
-    float *ga = normal(&r, na, 1.0f), *gb = normal(&r, nb, 1.0f);
-    write_f32("ga", ga, na), write_f32("gb", gb, nb);
-    write_rounding_inputs();
+/* The ops' inputs (our layouts: conv tensors CNHW) and their shapes. */
+typedef struct {
+    float *lx, *lw, *lb, *ldy;  /* linear: x [T, IN], w [O, IN], b [O], dy [T, O] */
+    ConvShape cs;               /* stride 2, padding 1 */
+    float *cx, *cw, *cb, *cdy;  /* conv: x [CIN, B, H, W], w [COUT, CIN, K, K], b [COUT], dy [COUT, B, Ho, Wo] */
+    float *ga, *gb;             /* gemm: a [BATCH, BK, BM] used transposed, b [BATCH, BK, BN] */
+} OpInputs;
 
+/* The outputs compared with the reference, in the reference's layouts (conv NCHW). */
+enum { OUT_LY, OUT_LDX, OUT_LDW, OUT_LDB, OUT_CY, OUT_CDX, OUT_CDW, OUT_CDB, OUT_GC, OUT_N };
+static const struct {
+    const char *what, *ref;
+} OUTPUTS[OUT_N] = {{"linear y", "ly"}, {"linear dx", "ldx"}, {"linear dw", "ldw"}, {"linear db", "ldb"},
+                    {"conv y", "cy"},   {"conv dx", "cdx"},   {"conv dw", "cdw"},   {"conv db", "cdb"},
+                    {"gemm (A^T B)", "gc"}};
+
+/* Draws the inputs and writes them for the reference (conv tensors as NCHW). */
+static void make_inputs(OpInputs *in, Precision p, size_t count[OUT_N]) {
+    Rng r = {p == PRECISION_BF16 ? 11u : 12u, 0};
+    in->lx = normal(&r, (size_t)T * IN, 1.0f), in->lw = normal(&r, (size_t)O * IN, 0.2f);
+    in->lb = normal(&r, O, 0.5f), in->ldy = normal(&r, (size_t)T * O, 1.0f);
+    in->cs = (ConvShape){.B = B, .Cin = CIN, .H = H, .W = W, .Cout = COUT, .kh = K, .kw = K, .stride = 2,
+                         .pad = 1, .dil = 1};
+    conv_shape_init(&in->cs);
+    size_t nx = (size_t)CIN * B * H * W, nw = (size_t)COUT * CIN * K * K;
+    size_t ny = (size_t)COUT * B * in->cs.Ho * in->cs.Wo;
+    in->cx = normal(&r, nx, 1.0f), in->cw = normal(&r, nw, 0.3f), in->cb = normal(&r, COUT, 0.5f);
+    in->cdy = normal(&r, ny, 1.0f);
+    size_t na = (size_t)BATCH * BK * BM, nb = (size_t)BATCH * BK * BN;
+    in->ga = normal(&r, na, 1.0f), in->gb = normal(&r, nb, 1.0f);
+    write_f32("lx", in->lx, (size_t)T * IN), write_f32("lw", in->lw, (size_t)O * IN);
+    write_f32("lb", in->lb, O), write_f32("ldy", in->ldy, (size_t)T * O);
+    float *cx_n = cnhw_to_nchw(in->cx, CIN, B, H, W), *cdy_n = cnhw_to_nchw(in->cdy, COUT, B, in->cs.Ho, in->cs.Wo);
+    write_f32("cx", cx_n, nx), write_f32("cw", in->cw, nw), write_f32("cb", in->cb, COUT);
+    write_f32("cdy", cdy_n, ny);
+    free(cx_n), free(cdy_n);
+    write_f32("ga", in->ga, na), write_f32("gb", in->gb, nb);
+    const size_t n[OUT_N] = {(size_t)T * O, (size_t)T * IN, (size_t)O * IN, O, ny, nx, nw, COUT,
+                             (size_t)BATCH * BM * BN};
+    memcpy(count, n, sizeof(n));
+}
+
+static void free_inputs(OpInputs *in) {
+    float *all[] = {in->lx, in->lw, in->lb, in->ldy, in->cx, in->cw, in->cb, in->cdy, in->ga, in->gb};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) free(all[i]);
+}
+
+/* Runs every op at precision p into out[OUT_N] (malloc'd). Gradients start at 1 (the ops
+ * accumulate) and 1 is taken off again; gemm's C starts as NaN (beta 0: it must not be read). */
+static void run_ops(const OpInputs *in, Precision p, const size_t count[OUT_N], float *out[OUT_N]) {
+    const Backend *be = backend_cpu();
+    const ConvShape *cs = &in->cs;
+    be->set_precision(p);
+    out[OUT_LY] = malloc(count[OUT_LY] * sizeof(float));
+    be->linear_forward(in->lx, in->lw, in->lb, out[OUT_LY], T, IN, O);
+    for (int k = OUT_LDX; k <= OUT_LDB; k++) out[k] = filled(count[k], 1.0f);
+    be->linear_backward(in->ldy, in->lx, in->lw, out[OUT_LDX], out[OUT_LDW], out[OUT_LDB], T, IN, O);
+    float *cy = malloc(count[OUT_CY] * sizeof(float)), *cdx = filled(count[OUT_CDX], 1.0f);
+    be->conv2d_forward(cs, in->cx, in->cw, in->cb, cy);
+    out[OUT_CDW] = filled(count[OUT_CDW], 1.0f), out[OUT_CDB] = filled(count[OUT_CDB], 1.0f);
+    be->conv2d_backward_data(cs, in->cdy, in->cw, cdx);
+    be->conv2d_backward_weight(cs, in->cdy, in->cx, out[OUT_CDW], out[OUT_CDB]);
+    out[OUT_GC] = filled(count[OUT_GC], NAN);
+    be->gemm(1, 0, BM, BN, BK, 1.0f, in->ga, BM, (long)BK * BM, in->gb, BN, (long)BK * BN, 0.0f, out[OUT_GC],
+             BN, (long)BM * BN, BATCH);
+    be->set_precision(PRECISION_FP32);
+    minus_one(cdx, count[OUT_CDX]);
+    out[OUT_CY] = cnhw_to_nchw(cy, COUT, B, cs->Ho, cs->Wo), out[OUT_CDX] = cnhw_to_nchw(cdx, CIN, B, H, W);
+    free(cy), free(cdx);
+    const int accumulated[] = {OUT_LDX, OUT_LDW, OUT_LDB, OUT_CDW, OUT_CDB};
+    for (size_t i = 0; i < sizeof(accumulated) / sizeof(accumulated[0]); i++)
+        minus_one(out[accumulated[i]], count[accumulated[i]]);
+}
+
+/* The rounding itself, bitwise (NaN: both NaN), probed through a 1x1 linear with weight 1. */
+static void check_rounding(Precision p, const Tol *tol) {
+    const Backend *be = backend_cpu();
+    char name[64], path[512];
+    snprintf(name, sizeof(name), "%s rounding", tol->prec);
+    float *ref = read_ref("round", NROUND), v[NROUND], ours = 0;
+    snprintf(path, sizeof(path), "%s/in_round.f32", g_dir);
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(v, sizeof(float), NROUND, f) : 0;
+    if (f) fclose(f);
+    int bad = -1;
+    for (int i = 0; ref && got == NROUND && i < NROUND && bad < 0; i++) {
+        float x = v[i], one = 1.0f;
+        be->set_precision(p);
+        be->linear_forward(&x, &one, NULL, &ours, 1, 1, 1); /* round(round(x) * 1) */
+        be->set_precision(PRECISION_FP32);
+        /* the sign of a zero does not survive the probe's GEMM (0 + -0 = +0) */
+        int same = isnan(ref[i]) ? isnan(ours)
+                   : ref[i] == 0.0f ? ours == 0.0f : memcmp(&ours, &ref[i], sizeof(float)) == 0;
+        if (!same) bad = i;
+    }
+    CHECK(name, ref && got == NROUND && bad < 0, "value %.9g: ours %.9g, torch %.9g",
+          bad >= 0 ? v[bad] : 0.0, bad >= 0 ? ours : 0.0, bad >= 0 && ref ? ref[bad] : 0.0);
+    free(ref);
+}
+
+/* Runs the ops at precision p and at float32 and compares both with the reference. */
+static void check_precision(Precision p, const Tol *tol) {
+    OpInputs in;
+    size_t count[OUT_N];
+    make_inputs(&in, p, count);
+    write_rounding_inputs();
     char name[64];
     snprintf(name, sizeof(name), "%s reference", tol->prec);
     int rc = run_reference(tol->prec);
     CHECK(name, rc == 0, "tests/ref/amp_ops_ref.py failed (exit %d)", rc);
     if (rc == 0) {
-        /* rounding, bitwise (NaN: both NaN) */
-        float *ref = read_ref("round", NROUND);
-        float v[NROUND];
-        snprintf(name, sizeof(name), "%s rounding", tol->prec);
-        char path[512];
-        snprintf(path, sizeof(path), "%s/in_round.f32", g_dir);
-        FILE *f = fopen(path, "rb");
-        size_t got = f ? fread(v, sizeof(float), NROUND, f) : 0;
-        if (f) fclose(f);
-        int bad = -1;
-        float ours = 0;
-        for (int i = 0; ref && got == NROUND && i < NROUND && bad < 0; i++) {
-            float x = v[i];
-            be->set_precision(p);
-            /* round through the op: a 1x1 linear with weight 1 returns round(round(x) * 1) */
-            float one = 1.0f;
-            be->linear_forward(&x, &one, NULL, &ours, 1, 1, 1);
-            be->set_precision(PRECISION_FP32);
-            /* the sign of a zero does not survive the probe's GEMM (0 + -0 = +0) */
-            int same = isnan(ref[i]) ? isnan(ours)
-                       : ref[i] == 0.0f ? ours == 0.0f : memcmp(&ours, &ref[i], sizeof(float)) == 0;
-            if (!same) bad = i;
-        }
-        CHECK(name, ref && got == NROUND && bad < 0, "value %.9g: ours %.9g, torch %.9g",
-              bad >= 0 ? v[bad] : 0.0, bad >= 0 ? ours : 0.0, bad >= 0 && ref ? ref[bad] : 0.0);
-        free(ref);
-
-        for (int pass = 0; pass < 2; pass++) { /* 0: precision p, 1: float32 (must fail) */
-            static float *res[2][11];
-            be->set_precision(pass == 0 ? p : PRECISION_FP32);
-            float *y = malloc((size_t)T * O * sizeof(float));
-            be->linear_forward(lx, lw, lb, y, T, IN, O);
-            float *dx = filled((size_t)T * IN, 1.0f), *dw = filled((size_t)O * IN, 1.0f), *db = filled(O, 1.0f);
-            be->linear_backward(ldy, lx, lw, dx, dw, db, T, IN, O);
-            minus_one(dx, (size_t)T * IN), minus_one(dw, (size_t)O * IN), minus_one(db, O);
-            float *cy = malloc(ny * sizeof(float));
-            be->conv2d_forward(&cs, cx, cw, cb, cy);
-            float *cdx = filled(nx, 1.0f), *cdw = filled(nw, 1.0f), *cdb = filled(COUT, 1.0f);
-            be->conv2d_backward_data(&cs, cdy, cw, cdx);
-            be->conv2d_backward_weight(&cs, cdy, cx, cdw, cdb);
-            minus_one(cdx, nx), minus_one(cdw, nw), minus_one(cdb, COUT);
-            float *gc = malloc(nc * sizeof(float));
-            for (size_t i = 0; i < nc; i++) gc[i] = NAN; /* beta 0: C must not be read */
-            be->gemm(1, 0, BM, BN, BK, 1.0f, ga, BM, (long)BK * BM, gb, BN, (long)BK * BN, 0.0f, gc,
-                     BN, (long)BM * BN, BATCH);
-            be->set_precision(PRECISION_FP32);
-            float *cy_n = cnhw_to_nchw(cy, COUT, B, cs.Ho, cs.Wo), *cdx_n = cnhw_to_nchw(cdx, CIN, B, H, W);
-            free(cy), free(cdx);
-            float *all[11] = {y, dx, dw, db, cy_n, cdx_n, cdw, cdb, gc, NULL, NULL};
-            memcpy(res[pass], all, sizeof(all));
-            if (pass == 1) {
-                compare(tol, "linear y", res[0][0], res[1][0], "ly", (size_t)T * O);
-                compare(tol, "linear dx", res[0][1], res[1][1], "ldx", (size_t)T * IN);
-                compare(tol, "linear dw", res[0][2], res[1][2], "ldw", (size_t)O * IN);
-                compare(tol, "linear db", res[0][3], res[1][3], "ldb", O);
-                compare(tol, "conv y", res[0][4], res[1][4], "cy", ny);
-                compare(tol, "conv dx", res[0][5], res[1][5], "cdx", nx);
-                compare(tol, "conv dw", res[0][6], res[1][6], "cdw", nw);
-                compare(tol, "conv db", res[0][7], res[1][7], "cdb", COUT);
-                compare(tol, "gemm (A^T B)", res[0][8], res[1][8], "gc", nc);
-                for (int k = 0; k < 9; k++) free(res[0][k]), free(res[1][k]);
-            }
+        check_rounding(p, tol);
+        float *low[OUT_N], *f32[OUT_N]; /* f32: the float32 backend, which must miss the criterion */
+        run_ops(&in, p, count, low);
+        run_ops(&in, PRECISION_FP32, count, f32);
+        for (int k = 0; k < OUT_N; k++) {
+            compare(tol, OUTPUTS[k].what, low[k], f32[k], OUTPUTS[k].ref, count[k]);
+            free(low[k]), free(f32[k]);
         }
     }
-    float *ins[] = {lx, lw, lb, ldy, cx, cw, cb, cdy, cx_n, cdy_n, ga, gb};
-    for (size_t i = 0; i < sizeof(ins) / sizeof(ins[0]); i++) free(ins[i]);
+    free_inputs(&in);
 }
 
 int main(void) {
