@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "check.h"
+#include "test_nsys_agg.h"
 #include "prof.h"
 
 static char g_dir[256];
@@ -522,57 +523,6 @@ static void test_levels_and_misuse(void) {
 
 /* ---------------------------------------------------------------- many runs, nvtx_sum */
 
-/* median / stdev aggregates, as nsys's report scripts register them on their connection. */
-typedef struct {
-    double *v;
-    int n, cap;
-} Values;
-
-static void agg_collect(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-    (void)argc;
-    Values *a = sqlite3_aggregate_context(ctx, sizeof(Values));
-    if (!a || sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
-    if (a->n == a->cap) {
-        int cap = a->cap ? a->cap * 2 : 16;
-        double *v = realloc(a->v, (size_t)cap * sizeof(double));
-        if (!v) return;
-        a->v = v;
-        a->cap = cap;
-    }
-    a->v[a->n++] = sqlite3_value_double(argv[0]);
-}
-
-static int cmp_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static void agg_median_final(sqlite3_context *ctx) {
-    Values *a = sqlite3_aggregate_context(ctx, 0);
-    if (!a || a->n == 0) {
-        sqlite3_result_null(ctx);
-        return;
-    }
-    qsort(a->v, (size_t)a->n, sizeof(double), cmp_double);
-    double m = a->n % 2 ? a->v[a->n / 2] : 0.5 * (a->v[a->n / 2 - 1] + a->v[a->n / 2]);
-    free(a->v);
-    sqlite3_result_double(ctx, m);
-}
-
-static void agg_stdev_final(sqlite3_context *ctx) {
-    Values *a = sqlite3_aggregate_context(ctx, 0);
-    if (!a || a->n == 0) {
-        sqlite3_result_null(ctx);
-        return;
-    }
-    double mean = 0, ss = 0;
-    for (int i = 0; i < a->n; i++) mean += a->v[i];
-    mean /= a->n;
-    for (int i = 0; i < a->n; i++) ss += (a->v[i] - mean) * (a->v[i] - mean);
-    free(a->v);
-    sqlite3_result_double(ctx, a->n > 1 ? sqrt(ss / (a->n - 1)) : 0.0); /* sample stdev */
-}
-
 /* The nvtx_sum report (nsys stats --report nvtx_sum) as SQL: push/pop (59, NVTXT 70) and
  * start/end (60, 71) ranges, named "<domain>:<range>" through the domain-create rows (75) of
  * the same process (globalTid's pid bits), unterminated ranges clipped to the last timestamp,
@@ -616,8 +566,7 @@ typedef struct {
 static int run_nvtx_sum(const char *path, NvtxSumRow *rows, int max_rows) {
     sqlite3 *db = open_ro(path);
     if (!db) return -1;
-    sqlite3_create_function(db, "median", 1, SQLITE_UTF8, NULL, NULL, agg_collect, agg_median_final);
-    sqlite3_create_function(db, "stdev", 1, SQLITE_UTF8, NULL, NULL, agg_collect, agg_stdev_final);
+    db_register_median_stdev(db); /* as nsysstats does */
     sqlite3_stmt *s;
     if (sqlite3_prepare_v2(db, nvtx_sum_sql, -1, &s, NULL) != SQLITE_OK) {
         printf("  nvtx_sum: %s\n", sqlite3_errmsg(db));

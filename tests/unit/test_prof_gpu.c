@@ -14,66 +14,16 @@
 #include "../../profiler/prof_gpu_records.h"
 #include "../../profiler/prof_nvml.h"
 #include "check.h"
+#include "test_nsys_agg.h"
 #include "test_util.h"
 
 static char g_dir[256];
 static const char *g_build;
 
-/* ---- aggregates the nsys reports use (nsysstats registers them; plain SQLite has none) ---- */
-
-typedef struct {
-    double *v;
-    int n, cap;
-} Values;
-
-static void values_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-    (void)argc;
-    Values *a = sqlite3_aggregate_context(ctx, sizeof(Values));
-    if (!a || sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
-    if (a->n == a->cap) {
-        int cap = a->cap ? a->cap * 2 : 16;
-        double *v = realloc(a->v, (size_t)cap * sizeof(double));
-        if (!v) return;
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n++] = sqlite3_value_double(argv[0]);
-}
-
-static int cmp_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static void median_final(sqlite3_context *ctx) {
-    Values *a = sqlite3_aggregate_context(ctx, 0);
-    if (!a || a->n == 0) {
-        sqlite3_result_null(ctx);
-    } else {
-        qsort(a->v, (size_t)a->n, sizeof(double), cmp_double);
-        sqlite3_result_double(ctx, a->n % 2 ? a->v[a->n / 2] : (a->v[a->n / 2 - 1] + a->v[a->n / 2]) / 2);
-    }
-    if (a) free(a->v);
-}
-
-static void stdev_final(sqlite3_context *ctx) { /* sample standard deviation */
-    Values *a = sqlite3_aggregate_context(ctx, 0);
-    if (!a || a->n < 2) {
-        sqlite3_result_null(ctx);
-    } else {
-        double mean = 0, ss = 0;
-        for (int i = 0; i < a->n; i++) mean += a->v[i];
-        mean /= a->n;
-        for (int i = 0; i < a->n; i++) ss += (a->v[i] - mean) * (a->v[i] - mean);
-        sqlite3_result_double(ctx, sqrt(ss / (a->n - 1)));
-    }
-    if (a) free(a->v);
-}
-
 static sqlite3 *open_ro(const char *path) {
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) return NULL;
-    sqlite3_create_function(db, "median", 1, SQLITE_UTF8, NULL, NULL, values_step, median_final);
-    sqlite3_create_function(db, "stdev", 1, SQLITE_UTF8, NULL, NULL, values_step, stdev_final);
+    db_register_median_stdev(db); /* as nsysstats does */
     return db;
 }
 
