@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = "/usr/bin/python3"

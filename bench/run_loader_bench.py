@@ -110,14 +110,14 @@ def write_report(args, ds, rows, mem, torch_version):
         "",
         f"Dataset: {n_images} synthetic photo-like images, 640x480, JPEG quality 90, mean "
         f"{mean_bytes / 1000:.1f} KB per file (`detr-data synth --size 640x480 --quality 90`).",
-        f"Transform: the reference train transform (flip; resize to 480..800 step 32, max 1333, or resize",
+        "Transform: the reference train transform (flip; resize to 480..800 step 32, max 1333, or resize",
         "400/500/600 -> random crop 384..600 -> resize), batches of "
         f"{args.batch} padded and normalised float32 images, shuffled epochs, drop_last; {args.epochs} "
         "epoch(s) per run.",
         "",
         "- **C**: `detr-data bench DATA --workers N --transform train --json` (libuv pool, TurboJPEG,",
         "  own resampler).",
-        f"- **PyTorch**: `bench/bench_loader.py` - torch.utils.data.DataLoader with the reference",
+        "- **PyTorch**: `bench/bench_loader.py` - torch.utils.data.DataLoader with the reference",
         f"  transform in Python (PIL + torchvision, Debian's PyTorch {torch_version}), workers 0, 1 and 2;",
         "  the best of the three is the baseline.",
         "",
@@ -167,7 +167,7 @@ def write_report(args, ds, rows, mem, torch_version):
         + ", ".join(mb(x) for x in rss) + f"; peak {mb(mem['peak_rss_bytes'])}. "
         + ("Flat: the last epoch is within 10% of the second." if flat else
            "**Not flat**: the last epoch is more than 10% above the second."),
-        f"The bound: the prefetch slots, each allocated on first use for the transform's worst case",
+        "The bound: the prefetch slots, each allocated on first use for the transform's worst case",
         f"(batch x 1333 x 1333 x (3 float32 + 1 mask byte) = {mb(slot_bound / mem['prefetch'])} per slot with max_size 1333,",
         f"{mb(slot_bound)} for {mem['prefetch']} slots), plus one transformed image per sample in flight",
         "and one decoder per worker; the slots' pages are touched as padded batches of new sizes",
