@@ -14,7 +14,6 @@
 static Precision g_precision = PRECISION_FP32;
 
 void cpu_set_precision(Precision p) { g_precision = p; }
-Precision cpu_precision(void) { return g_precision; }
 
 /* Round to nearest even bfloat16 (the top 16 bits of a float). NaN stays NaN; values past the
  * largest bf16 round to inf, as the hardware conversion does. */
@@ -29,10 +28,6 @@ static inline float round_bf16(float x) {
 /* Round to nearest even IEEE half: |x| >= 65520 becomes inf, small values become half
  * subnormals or zero (the C conversion is IEEE's). */
 static inline float round_fp16(float x) { return (float)(_Float16)x; }
-
-float cpu_round_to_precision(float x, Precision p) {
-    return p == PRECISION_BF16 ? round_bf16(x) : p == PRECISION_FP16 ? round_fp16(x) : x;
-}
 
 /* dst[i] = round(src[i]) */
 static void round_copy(float *dst, const float *src, size_t n, Precision p) {

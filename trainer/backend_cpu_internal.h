@@ -128,9 +128,6 @@ void cpu_attention_backward(const AttnShape *s, const float *dout, const float *
 /* ---- backend_cpu_amp.c: the matrix products under set_precision (backend.h, Precision); the
  * op table points at these, which call the float32 ops above directly at PRECISION_FP32 ---- */
 void cpu_set_precision(Precision p);
-Precision cpu_precision(void);
-/* x rounded to p's type (round to nearest even; fp16 overflow -> inf), as a float */
-float cpu_round_to_precision(float x, Precision p);
 void cpu_amp_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                   long strideA, const float *B, int ldb, long strideB, float beta, float *C, int ldc,
                   long strideC, int batch);
